@@ -1,0 +1,1 @@
+"""ppzoo inference."""
