@@ -1,0 +1,216 @@
+"""Stochastic variational inference with ``Trace_ELBO`` on any target.
+
+:func:`fit` maximises the evidence lower bound [1]
+
+    ELBO(q) = E_q[log p(x, z) - log q(z)] <= log p(x)
+
+with Pyro's :class:`~pyro.infer.SVI`. Minibatches subsample the target's data plate from
+outside (:class:`~inference.target.SubsampleAt`), so the plate scales each minibatch term by
+``N / B`` and the minibatch ELBO is an unbiased estimate of the full-data ELBO [2].
+Particles are vectorized under an extra plate (``vectorize_particles=True``).
+
+References
+
+[1] Jordan, Ghahramani, Jaakkola, Saul (1999), An Introduction to Variational Methods for
+    Graphical Models.
+[2] Hoffman, Blei, Wang, Paisley (2013), Stochastic Variational Inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from tqdm.auto import tqdm
+
+from inference.io import PathLike, save_torch, write_with
+from inference.target import (
+    SubsampleAt,
+    Target,
+    as_data,
+    as_target,
+    num_datapoints,
+    param_state,
+    resolve_device,
+    set_param_state,
+    subsampled,
+)
+
+LOSSES = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    :ivar target: the :class:`~inference.target.Target` that was fitted.
+    :ivar losses: one row per step: ``step``, ``loss`` (negative ELBO estimate for the full
+        data), ``loss_per_datapoint``.
+    :ivar state: fitted Pyro params and network weights (see :func:`save_fit`).
+    :ivar seconds: wall time of the optimisation.
+    """
+
+    target: Target
+    losses: pd.DataFrame
+    state: Dict[str, Any]
+    seconds: float
+
+    def save(self, folder: PathLike) -> Path:
+        return save_fit(self, folder)
+
+
+def _batches(n: int, batch_size: Optional[int], generator: torch.Generator, device: torch.device):
+    """Endless stream of index minibatches: shuffled epochs without replacement."""
+    if batch_size is None or batch_size >= n:
+        while True:
+            yield None
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield perm[start : start + batch_size].to(device)
+
+
+def fit(
+    target: Any,
+    data: Any,
+    *,
+    steps: int = 1000,
+    lr: float = 1e-2,
+    optim: Optional[pyro.optim.PyroOptim] = None,
+    batch_size: Optional[int] = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    loss: str = "trace",
+    seed: int = 0,
+    device: Any = "cpu",
+    progress: Optional[bool] = None,
+    clear: bool = True,
+    checkpoint: Optional[PathLike] = None,
+    checkpoint_every: int = 500,
+) -> FitResult:
+    """Fit ``target`` to ``data`` by SVI.
+
+    :param target: a zoo entry, a ``(model, guide)`` pair, or an :class:`inference.Target`.
+    :param data: a tensor or a tuple of tensors, one row per datapoint.
+    :param steps: number of optimisation steps (total, including resumed ones).
+    :param lr: Adam's learning rate (ignored when ``optim`` is given).
+    :param optim: a :mod:`pyro.optim` optimiser, e.g. ``ClippedAdam({"lr": 0.01, "lrd": 0.999})``.
+    :param batch_size: minibatch size over the data plate; ``None`` uses all the data.
+    :param num_particles: ELBO particles per step.
+    :param vectorize_particles: evaluate particles in one vectorized pass.
+    :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`) or ``"traceenum"``
+        (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites).
+    :param seed: seeds Pyro/PyTorch and the minibatch order.
+    :param device: ``"cpu"`` or ``"cuda"``; data, networks and params move there.
+    :param progress: show a tqdm bar; default: only when stderr is a terminal.
+    :param clear: clear Pyro's param store first, so fits do not leak into each other.
+    :param checkpoint: file to write the state to every ``checkpoint_every`` steps, atomically;
+        if it exists, the fit resumes from it.
+    :param checkpoint_every: steps between checkpoints.
+    """
+    tgt = as_target(target)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
+    if steps < 0 or num_particles < 1:
+        raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, {num_particles}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+    if batch_size is not None and tgt.data_plate is None:
+        raise ValueError("batch_size needs a data plate; set data_plate on the Target")
+    dev = resolve_device(device)
+    data = as_data(tgt, data, dev)
+    n = num_datapoints(data)
+    if clear:
+        pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    handler = SubsampleAt(tgt.data_plate)
+    model, guide = subsampled(tgt.model, handler), subsampled(tgt.guide, handler)
+    elbo = LOSSES[loss](
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=tgt.plate_nesting(data),
+    )
+    optim = optim if optim is not None else pyro.optim.Adam({"lr": lr})
+    svi = SVI(model, guide, optim, elbo)
+
+    rows: list = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, map_location=dev, weights_only=False)
+        set_param_state(tgt, saved["state"], dev)
+        optim.set_state(saved["optim"])
+        rows, start = saved["rows"], saved["step"]
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+    batches = _batches(n, batch_size, generator, dev)
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(range(start, steps), desc=f"fit {tgt.name}", disable=not show, leave=False)
+    t0 = time.perf_counter()
+    for step in bar:
+        handler.indices = next(batches)
+        value = svi.step(*data)
+        rows.append((step, value, value / n))
+        if step % 50 == 0:
+            bar.set_postfix(loss_per_datapoint=f"{value / n:.4g}")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator)
+    seconds = time.perf_counter() - t0
+    handler.indices = None
+    if checkpoint is not None:
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator)
+    losses = pd.DataFrame(rows, columns=["step", "loss", "loss_per_datapoint"])
+    if not losses["loss"].map(math.isfinite).all():
+        raise FloatingPointError(
+            f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
+        )
+    return FitResult(tgt, losses, param_state(tgt), seconds)
+
+
+def _checkpoint(path, tgt, optim, rows, step, generator) -> None:
+    save_torch(
+        {
+            "state": param_state(tgt),
+            "optim": optim.get_state(),
+            "rows": list(rows),
+            "step": step,
+            "generator": generator.get_state(),
+            "rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+STATE_FILE = "state.pt"
+LOSS_FILE = "losses.csv"
+
+
+def save_fit(result: FitResult, folder: PathLike) -> Path:
+    """Write the fitted state (``state.pt``) and loss history (``losses.csv``) to ``folder``,
+    each file atomically."""
+    folder = Path(folder)
+    save_torch({"name": result.target.name, "state": result.state}, folder / STATE_FILE)
+    write_with(folder / LOSS_FILE, lambda tmp: result.losses.to_csv(tmp, index=False))
+    return folder
+
+
+def load_fit(target: Any, folder: PathLike, device: Any = "cpu") -> Target:
+    """Load a state written by :func:`save_fit` into Pyro's param store and ``target``'s
+    networks; returns the :class:`~inference.target.Target`."""
+    tgt = as_target(target)
+    path = Path(folder) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no fitted state at {path}; run inference.fit(...).save({folder!r}) first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    set_param_state(tgt, saved["state"], device)
+    return tgt

@@ -1,0 +1,188 @@
+"""What every inference function runs on: a model/guide pair and how to read its trace.
+
+:func:`as_target` turns a zoo entry, a plain ``(model, guide)`` pair, or a :class:`Target`
+into a :class:`Target`; :func:`as_data` checks and moves the data. The estimators and SVI
+only ever see a :class:`Target`, so a user's own model works wherever a zoo model does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import Messenger
+
+from zoo.base import Data, ZooModel, check_tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A model/guide pair with the facts inference needs.
+
+    :param model: Pyro model, called as ``model(*data)``.
+    :param guide: Pyro guide with the same signature.
+    :param name: label used in tables and file names.
+    :param data_plate: name of the ``pyro.plate`` over datapoints; the model must index its
+        data with the plate's indices (``with pyro.plate("data", N) as idx: x[idx]``) so that
+        minibatches and data chunks can be set from outside. ``None`` if there is no such plate.
+    :param max_plate_nesting: as in :class:`pyro.infer.Trace_ELBO`; guessed from a trace if ``None``.
+    :param symmetries: ``{site: dim}`` of latent sites exchangeable along ``dim`` of their value
+        (mixture components); used to undo label switching in evidence estimates.
+    :param networks: ``{name: module}`` registered with ``pyro.module``, for saving and devices.
+    :param entry: the zoo entry this target came from, if any.
+    """
+
+    model: Callable[..., Any]
+    guide: Callable[..., Any]
+    name: str = "custom"
+    data_plate: Optional[str] = "data"
+    max_plate_nesting: Optional[int] = None
+    symmetries: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    networks: Mapping[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
+    entry: Optional[ZooModel] = None
+
+    def check_data(self, data: Data) -> None:
+        if self.entry is not None:
+            self.entry.check_data(*data)
+        else:
+            check_tensors(data)
+
+    def plate_nesting(self, data: Data) -> int:
+        """``max_plate_nesting``, guessed from one trace of model and guide when not given."""
+        if self.max_plate_nesting is not None:
+            return self.max_plate_nesting
+        with poutine.block(), torch.no_grad():
+            traces = [poutine.trace(fn).get_trace(*data) for fn in (self.guide, self.model)]
+        dims = [
+            -frame.dim
+            for tr in traces
+            for site in tr.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ]
+        return max(dims, default=0)
+
+
+def as_target(target: Any, **options: Any) -> Target:
+    """A :class:`Target` from a zoo entry, a ``(model, guide)`` pair or a Target.
+
+    ``options`` override the Target's fields (e.g. ``data_plate="obs"`` for a user's pair).
+    """
+    if isinstance(target, Target):
+        return dataclasses.replace(target, **options) if options else target
+    if isinstance(target, ZooModel):
+        fields = dict(
+            model=target.model,
+            guide=target.guide,
+            name=target.name,
+            data_plate=target.data_plate,
+            max_plate_nesting=target.max_plate_nesting,
+            symmetries=dict(target.symmetries),
+            networks=target.networks(),
+            entry=target,
+        )
+        fields.update(options)
+        return Target(**fields)
+    if isinstance(target, (tuple, list)) and len(target) == 2 and all(map(callable, target)):
+        return Target(target[0], target[1], **options)
+    raise TypeError(
+        "expected a zoo entry (zoo.get(name)), a (model, guide) pair of callables, or an "
+        f"inference.Target; got {type(target).__name__}"
+    )
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``torch.device(device)``, with a clear error when CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for, but no CUDA device is available "
+            "(torch.cuda.is_available() is False); use device='cpu'"
+        )
+    return dev
+
+
+def as_data(target: Target, data: Any, device: Any = "cpu") -> Data:
+    """Check ``data`` (a tensor or a tuple of tensors) for ``target`` and move it to ``device``."""
+    dev = resolve_device(device)
+    data = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    target.check_data(data)
+    for net in target.networks.values():
+        net.to(dev)
+    return tuple(t.to(dev) for t in data)
+
+
+def num_datapoints(data: Data) -> int:
+    return int(data[0].shape[0])
+
+
+class SubsampleAt(Messenger):
+    """Set the indices of the plate named ``plate`` (its ``_Subsample`` site) from outside.
+
+    The plate then scales its sites by ``size / len(indices)``, as with ``subsample_size``.
+    ``indices`` can be changed between calls.
+    """
+
+    def __init__(self, plate: Optional[str], indices: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.plate = plate
+        self.indices = indices
+
+    def _pyro_sample(self, msg: Dict[str, Any]) -> None:
+        if (
+            self.indices is not None
+            and msg["name"] == self.plate
+            and type(msg["fn"]).__name__ == "_Subsample"
+        ):
+            msg["value"] = self.indices
+
+
+def subsampled(fn: Callable[..., Any], handler: SubsampleAt) -> Callable[..., Any]:
+    """``fn`` run under ``handler`` (a plain function, so Pyro can trace it)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with handler:
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def param_state(target: Target) -> Dict[str, Any]:
+    """Fitted state: Pyro params (not the networks' own) and the networks' state dicts."""
+    store = pyro.get_param_store().get_state()
+    prefixes = tuple(f"{name}$$$" for name in target.networks)
+    keep = [k for k in store["params"] if not k.startswith(prefixes)]
+    return {
+        "params": {k: store["params"][k].detach().cpu() for k in keep},
+        "constraints": {k: store["constraints"][k] for k in keep},
+        "networks": {k: net.state_dict() for k, net in target.networks.items()},
+    }
+
+
+def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") -> None:
+    """Load :func:`param_state`'s output into a cleared param store and the networks."""
+    orphans = [k for k in state["params"] if "$$$" in k and k.split("$$$")[0] not in target.networks]
+    if orphans:
+        raise ValueError(
+            f"saved state holds network weights {orphans[:3]} but the target declares no such "
+            "network; pass networks={name: module} to inference.Target"
+        )
+    missing = set(state["networks"]) - set(target.networks)
+    if missing:
+        raise ValueError(f"saved state has networks {sorted(missing)} the target does not have")
+    pyro.clear_param_store()
+    dev = resolve_device(device)
+    pyro.get_param_store().set_state(
+        {
+            "params": {k: v.to(dev) for k, v in state["params"].items()},
+            "constraints": dict(state["constraints"]),
+        }
+    )
+    for name, sd in state["networks"].items():
+        target.networks[name].load_state_dict(sd)
+        target.networks[name].to(dev)
+
