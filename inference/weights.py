@@ -1,0 +1,170 @@
+"""Streaming summaries of log importance weights, and the memory plan for chunking.
+
+Weights arrive in chunks of particles, ``[k, B]`` at a time. :class:`WeightStats` keeps, per
+datapoint and in float64, what the estimators need and nothing of size ``K``:
+
+* ``logsumexp(log w)`` and ``logsumexp(2 log w)`` -- the IS estimate ``log mean w`` and the
+  effective sample size ``ESS = (sum w)^2 / sum w^2`` [1];
+* the sum and sum of squares of ``log w`` (shifted for accuracy) -- the ELBO and its spread;
+* the ``M + 1`` largest log weights, ``M = ceil(min(K / 5, 3 sqrt K))`` -- all that PSIS needs
+  for its Pareto k-hat [2]. :func:`pareto_khat` hands arviz an array equal in every entry that
+  PSIS reads (the tail and its cutoff), so its k-hat is the one arviz gives for the full weights.
+
+The standard error of ``log mean w`` is the delta method's ``sd(w) / (sqrt(K) mean w)``,
+which in terms of the ESS is ``sqrt((K / ESS - 1) / (K - 1))``.
+
+References
+
+[1] Kong (1992), A note on importance sampling using standardized weights.
+[2] Vehtari, Simpson, Gelman, Yao, Gabry (2024), Pareto Smoothed Importance Sampling, JMLR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def tail_length(num_samples: int) -> int:
+    """PSIS's tail length ``M`` for ``K`` iid draws (relative efficiency 1), as in arviz."""
+    return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples))))
+
+
+class WeightStats:
+    """Streaming per-datapoint statistics of log weights of total count ``num_samples``."""
+
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples
+        self.keep = min(num_samples, tail_length(num_samples) + 1)
+        self.count = 0
+        self.lse = self.lse2 = self.shift = self.s1 = self.s2 = self.top = None
+
+    def update(self, log_w: torch.Tensor) -> None:
+        lw = log_w.detach().to(torch.float64)
+        if lw.dim() == 1:
+            lw = lw.unsqueeze(-1)
+        if self.count == 0:
+            self.shift = lw.mean(0)
+            self.lse = torch.full_like(self.shift, -math.inf)
+            self.lse2 = self.lse.clone()
+            self.s1 = torch.zeros_like(self.shift)
+            self.s2 = torch.zeros_like(self.shift)
+            self.top = lw.new_empty((0,) + self.shift.shape)
+        self.count += lw.shape[0]
+        self.lse = torch.logaddexp(self.lse, lw.logsumexp(0))
+        self.lse2 = torch.logaddexp(self.lse2, (2 * lw).logsumexp(0))
+        d = lw - self.shift
+        self.s1 += d.sum(0)
+        self.s2 += (d * d).sum(0)
+        merged = torch.cat([self.top, lw], 0)
+        self.top = merged.topk(min(self.keep, merged.shape[0]), dim=0).values
+
+    def log_mean(self) -> torch.Tensor:
+        return self.lse - math.log(self.count)
+
+    def ess(self) -> torch.Tensor:
+        return torch.exp(2 * self.lse - self.lse2)
+
+    def is_stderr(self) -> torch.Tensor:
+        k = self.count
+        if k < 2:
+            return torch.full_like(self.lse, math.nan)
+        return ((k / self.ess() - 1).clamp(min=0) / (k - 1)).sqrt()
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.s1 / self.count
+
+    def mean_stderr(self) -> torch.Tensor:
+        k = self.count
+        if k < 2:
+            return torch.full_like(self.lse, math.nan)
+        var = (self.s2 - self.s1**2 / k).clamp(min=0) / (k - 1)
+        return (var / k).sqrt()
+
+
+def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch.Tensor:
+    """PSIS k-hat per datapoint from the ``M + 1`` largest log weights (``top``, ``[M+1, B]``).
+
+    The full weight vector is stood in for by the tail plus copies of the cutoff value; arviz's
+    ``psislw`` only reads the tail above the cutoff, so the k-hat is exact. Rows are processed in
+    groups that fit ``budget_bytes``. Fewer than 5 samples give NaN (no tail to fit).
+    """
+    import arviz as az  # imported lazily: arviz is slow to import
+
+    num_rows = top.shape[1]
+    if num_samples < 5:
+        return torch.full((num_rows,), math.nan, dtype=torch.float64)
+    tail = top.T.cpu().numpy()  # [B, M+1], descending
+    rows = max(1, budget_bytes // (16 * num_samples))
+    out = np.empty(num_rows)
+    for start in range(0, num_rows, rows):
+        block = tail[start : start + rows]
+        full = np.repeat(block[:, -1:], num_samples, axis=1)
+        full[:, : block.shape[1]] = block
+        _, khat = az.psislw(full, reff=1.0)
+        out[start : start + rows] = khat
+    return torch.as_tensor(out)
+
+
+class _AllocationCounter(TorchDispatchMode):
+    """Counts bytes of every fresh tensor an operation allocates (views and in-place ops excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        aliased = any(r.alias_info is not None for r in returns)
+        if not aliased:
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def bytes_allocated(fn: Callable[[], Any]) -> Tuple[Any, int]:
+    """Run ``fn`` and count the bytes its tensor operations allocate: an upper bound on its peak
+    memory, on any device."""
+    with _AllocationCounter() as counter:
+        out = fn()
+    return out, counter.bytes
+
+
+def plan_chunks(
+    num_samples: int, num_datapoints: Optional[int], bytes_per_unit: float, budget: int
+) -> Tuple[int, int]:
+    """``(particles, datapoints)`` per chunk so that a chunk's allocations fit ``budget``.
+
+    ``bytes_per_unit`` is per particle-datapoint pair (local) or per particle (global,
+    ``num_datapoints=None``). Prefers all datapoints at once, then as many particles as fit.
+    """
+    units = max(1, int(budget // max(bytes_per_unit, 1.0)))
+    if num_datapoints is None:
+        return min(num_samples, units), 0
+    data_chunk = min(num_datapoints, units)
+    return min(num_samples, max(1, units // data_chunk)), data_chunk
+
+
+def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device) -> List[WeightStats]:
+    """Run ``weights(start, count, indices)`` over all K particles in chunks planned from a measured
+    pilot, one :class:`WeightStats` per chunk of datapoints (local, ``N`` given) or one in all."""
+    k0 = min(K, 8)
+    idx0 = None if N is None else torch.arange(min(N, 64), device=device)
+    _, nbytes = bytes_allocated(lambda: weights(0, k0, idx0))
+    per_unit = nbytes / (k0 * (1 if N is None else len(idx0)))
+    kc, bc = plan_chunks(K, N, per_unit, budget)
+    out = []
+    for d0 in ([0] if N is None else range(0, N, bc)):
+        idx = None if N is None else torch.arange(d0, min(N, d0 + bc), device=device)
+        st = WeightStats(K)
+        for start in range(0, K, kc):
+            st.update(weights(start, min(kc, K - start), idx))
+        out.append(st)
+    return out
