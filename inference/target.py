@@ -178,7 +178,7 @@ def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") 
     dev = resolve_device(device)
     pyro.get_param_store().set_state(
         {
-            "params": {k: v.to(dev) for k, v in state["params"].items()},
+            "params": {k: v.to(dev).requires_grad_() for k, v in state["params"].items()},
             "constraints": dict(state["constraints"]),
         }
     )
