@@ -88,7 +88,7 @@ def fit(
     batch_size: Optional[int] = None,
     num_particles: int = 1,
     vectorize_particles: bool = True,
-    loss: str = "trace",
+    loss: Optional[str] = None,
     seed: int = 0,
     device: Any = "cpu",
     progress: Optional[bool] = None,
@@ -107,7 +107,8 @@ def fit(
     :param num_particles: ELBO particles per step.
     :param vectorize_particles: evaluate particles in one vectorized pass.
     :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`) or ``"traceenum"``
-        (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites).
+        (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites);
+        default: the zoo entry's ``loss``, else ``"trace"``.
     :param seed: seeds Pyro/PyTorch and the minibatch order.
     :param device: ``"cpu"`` or ``"cuda"``; data, networks and params move there.
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -117,6 +118,8 @@ def fit(
     :param checkpoint_every: steps between checkpoints.
     """
     tgt = as_target(target)
+    if loss is None:
+        loss = tgt.entry.loss if tgt.entry is not None else "trace"
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
     if steps < 0 or num_particles < 1:

@@ -53,6 +53,8 @@ class ZooModel:
     max_plate_nesting: ClassVar[int] = 1
     #: exchangeable latent sites, ``{site name: component dim of its value}``
     symmetries: Mapping[str, int] = {}
+    #: the ELBO that trains it: ``"trace"`` (Trace_ELBO) or ``"traceenum"`` (enumerated sites)
+    loss: str = "trace"
     #: which exact references exist, for ``ppzoo list`` (e.g. ``("closed-form evidence",)``)
     references: ClassVar[Tuple[str, ...]] = ()
 
