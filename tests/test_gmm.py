@@ -20,15 +20,13 @@ GUIDES = ["meanfield", "map"]
 
 
 @pytest.fixture(autouse=True)
-def _fresh():
-    # Tiny tensors: one thread avoids the heavy slow-down of oversubscribed cores.
+def _one_thread():
+    # Tiny tensors: intra-op threads only cost here, 10x when the cores are busy.
+    # (tests/conftest.py clears the param store and seeds.)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
     yield
     torch.set_num_threads(threads)
-    pyro.clear_param_store()
 
 
 def elbo_for(form, **kw):
