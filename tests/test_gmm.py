@@ -256,6 +256,12 @@ def test_initialisation_is_deterministic():
         assert torch.equal(a[k], b[k])
 
 
+def test_loss_names_the_elbo():
+    assert zoo.get("gmm").loss == "trace"
+    assert zoo.get("gmm", assignments="sample").loss == "trace"
+    assert zoo.get("gmm", assignments="enumerate").loss == "traceenum"
+
+
 def test_symmetries():
     assert zoo.get("gmm").symmetries == {"weights": -1, "locs": -2, "variances": -2}
     assert zoo.get("gmm", shared_variance=True).symmetries == {"weights": -1, "locs": -2}

@@ -98,6 +98,7 @@ class GaussianMixture(ZooModel):
         self.alpha, self.loc_mean, self.loc_scale = float(alpha), float(loc_mean), float(loc_scale)
         self.var_concentration, self.var_rate = float(var_concentration), float(var_rate)
         self.init_seed = int(init_seed)
+        self.loss = "traceenum" if assignments == "enumerate" else "trace"  # the ELBO to train with
         # Component dim of each exchangeable site's value, from the right.
         self.symmetries = {"weights": -1, "locs": -2}
         if not self.shared_variance:
