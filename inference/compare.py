@@ -1,0 +1,127 @@
+"""Side-by-side comparison of estimators over K and seeds, as a tidy table.
+
+:func:`compare` runs every method that applies to the target for every K and seed, and
+returns one row per (method, K, seed). Where an exact reference exists (closed form,
+enumeration, quadrature) it is computed once and each row carries its error against it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from inference.estimate import DEFAULT_BUDGET, METHODS, Estimate, estimate
+from inference.target import as_data, as_target
+
+COLUMNS = [
+    "method", "K", "seed", "scope", "estimate", "stderr", "per_datapoint", "ess", "khat",
+    "seconds", "reference", "error",
+]
+
+
+def _row(est: Estimate, seed: int, reference: float) -> Dict[str, Any]:
+    return {
+        "method": est.method,
+        "K": est.num_samples,
+        "seed": seed,
+        "scope": est.scope,
+        "estimate": est.log_evidence,
+        "stderr": est.stderr,
+        "per_datapoint": est.mean_per_datapoint,
+        "ess": est.ess,
+        "khat": est.khat,
+        "seconds": est.seconds,
+        "reference": reference,
+        "error": est.log_evidence - reference,
+    }
+
+
+def compare(
+    target: Any,
+    data: Any,
+    methods: Sequence[str] = METHODS,
+    num_samples: Iterable[int] = (1, 10, 100, 1000),
+    seeds: Iterable[int] = range(3),
+    *,
+    scope: Optional[str] = None,
+    device: Any = "cpu",
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Optional[bool] = None,
+    on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
+    skip: Optional[Callable[[str, int, int], bool]] = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Run ``methods`` x ``num_samples`` x ``seeds`` on one fitted target.
+
+    :param methods: any of ``"elbo"``, ``"is-guide"``, ``"is-prior"``, ``"exact"``.
+        ``"exact"`` gives the reference (one row, K = 0) and is skipped where none exists;
+        ``"is-guide"``/``"elbo"`` are skipped where the guide cannot propose (point masses).
+    :param num_samples: the K grid.
+    :param seeds: seeds for every sampled method.
+    :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
+    :param on_row: called with each row as it finishes (e.g. to write it out at once).
+    :param skip: ``skip(method, K, seed)`` true for rows to leave out (e.g. already done).
+    :param options: passed to :func:`estimate` (``fixed``, ``quadrature_points``).
+    :returns: a DataFrame with columns ``COLUMNS``; ``reference``/``error`` are NaN without
+        a reference. ``df.attrs["skipped"]`` maps each skipped method to the reason.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    ks = [int(k) for k in num_samples]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"num_samples must be a non-empty list of integers >= 1, got {ks}")
+    tgt = as_target(target)
+    data = as_data(tgt, data, device)
+    common = dict(scope=scope, device=device, memory_budget=memory_budget, **options)
+    rows, skipped = [], {}
+
+    def emit(row):
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    reference = math.nan
+    try:
+        exact = estimate(tgt, data, "exact", **common)
+        reference = exact.log_evidence
+        if "exact" in methods and not (skip and skip("exact", 0, 0)):
+            emit(_row(exact, 0, reference))
+    except ValueError as err:
+        skipped["exact"] = str(err)
+    jobs = [(m, k, s) for m in methods if m != "exact" for k in ks for s in seeds]
+    show = progress if progress is not None else None
+    for method, k, seed in tqdm(jobs, desc=f"estimate {tgt.name}", disable=not show, leave=False):
+        if method in skipped or (skip and skip(method, k, seed)):
+            continue
+        try:
+            est = estimate(tgt, data, method, k, seed=seed, **common)
+        except ValueError as err:
+            if "point mass" not in str(err):
+                raise
+            skipped[method] = str(err)
+            continue
+        emit(_row(est, seed, reference))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["skipped"] = skipped
+    return df
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (method, K): estimate, spread across seeds, mean stderr, ESS,
+    worst k-hat, mean error and seconds."""
+    g = df.groupby(["method", "K"], sort=True)
+    out = g.agg(
+        estimate=("estimate", "mean"),
+        seed_sd=("estimate", "std"),
+        stderr=("stderr", "mean"),
+        ess=("ess", "mean"),
+        khat=("khat", "max"),
+        error=("error", "mean"),
+        seconds=("seconds", "mean"),
+        seeds=("seed", "count"),
+    )
+    return out.reset_index()

@@ -1,0 +1,72 @@
+"""Matplotlib views of :func:`inference.compare` tables and fit histories."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from inference.compare import summarise
+
+
+def _axes(ax, **kw):
+    if ax is None:
+        fig, ax = plt.subplots(**kw)
+        return fig, ax
+    return ax.figure, ax
+
+
+def plot_estimates(df: pd.DataFrame, ax=None, title: Optional[str] = None):
+    """Estimate of log p(x) vs K per method (mean over seeds, error bars: 2 x mean stderr),
+    with the exact reference as a horizontal line where there is one."""
+    fig, ax = _axes(ax, figsize=(6, 4))
+    s = summarise(df[df["method"] != "exact"])
+    for method, part in s.groupby("method"):
+        ax.errorbar(part["K"], part["estimate"], yerr=2 * part["stderr"].fillna(0), marker="o",
+                    capsize=3, label=method)
+    ref = df["reference"].dropna()
+    if len(ref):
+        ax.axhline(float(ref.iloc[0]), color="k", ls="--", lw=1, label="exact")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (samples)")
+    ax.set_ylabel("log p(x) estimate")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_diagnostics(df: pd.DataFrame, title: Optional[str] = None):
+    """Effective sample size (as a fraction of K) and PSIS k-hat vs K per method."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    s = summarise(df[df["method"] != "exact"])
+    for method, part in s.groupby("method"):
+        a1.plot(part["K"], part["ess"] / part["K"], marker="o", label=method)
+        finite = part[part["khat"].map(math.isfinite)]
+        a2.plot(finite["K"], finite["khat"], marker="o", label=method)
+    a1.set(xscale="log", xlabel="K", ylabel="ESS / K", title="effective sample size")
+    a2.axhline(0.7, color="r", ls=":", lw=1, label="k = 0.7")
+    a2.set(xscale="log", xlabel="K", ylabel="k-hat (max over datapoints)", title="PSIS k-hat")
+    a1.legend()
+    a2.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(losses: pd.DataFrame, ax=None, title: Optional[str] = None):
+    """Training curve: loss per datapoint (negative ELBO) per step, with a running mean."""
+    fig, ax = _axes(ax, figsize=(6, 3.5))
+    y = losses["loss_per_datapoint"]
+    ax.plot(losses["step"], y, alpha=0.3, lw=0.8, label="per step")
+    ax.plot(losses["step"], y.rolling(max(1, len(y) // 50), min_periods=1).mean(), label="running mean")
+    ax.set(xlabel="step", ylabel="-ELBO / datapoint")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
