@@ -1,0 +1,255 @@
+"""Shared pieces of the deep latent variable models ``dlvm`` and ``vae``.
+
+* :func:`mlp` -- a seeded multilayer perceptron builder.
+* :class:`DeepLatentModel` -- the generative model of Kingma & Welling [1]: a
+  standard normal latent ``z`` per datapoint and a neural-network decoder giving the
+  pixel likelihood. ``dlvm`` and ``vae`` subclass it and differ only in the guide.
+* The data loaders: scikit-learn's bundled 8x8 digits (the default, no network
+  needed) and a user's local MNIST file (IDX or ``.npz``).
+
+References:
+    [1] D. P. Kingma, M. Welling. Auto-Encoding Variational Bayes. ICLR 2014.
+    [2] Y. LeCun, L. Bottou, Y. Bengio, P. Haffner. Gradient-based learning applied to
+        document recognition. Proc. IEEE 86(11), 1998 (MNIST; IDX format described at
+        http://yann.lecun.com/exdb/mnist/).
+    [3] E. Alpaydin, C. Kaynak. Optical Recognition of Handwritten Digits. UCI Machine
+        Learning Repository, 1998 (the 8x8 digits shipped with scikit-learn).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from zoo.base import Data, Simulated, ZooModel, check_tensors
+
+#: Digits pixels are integers 0..16; a pixel is "on" when it is at least this value.
+DIGITS_THRESHOLD = 8
+#: MNIST pixels scaled to [0, 1] are "on" when strictly above this value.
+MNIST_THRESHOLD = 0.5
+MNIST_FORMATS = (
+    "an MNIST images file in IDX format (e.g. train-images-idx3-ubyte, optionally .gz)"
+    " or a .npz archive holding the images (key 'x_train', or 'x', or the first array)"
+)
+# IDX type codes -> numpy big-endian dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def mlp(sizes: Sequence[int], seed: int = 0, activation=nn.Tanh) -> nn.Sequential:
+    """Linear layers of widths ``sizes[0] -> ... -> sizes[-1]`` with ``activation``
+    between them (none after the last). Weights are drawn with PyTorch's default
+    initialisation under ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`,
+    so the global RNG is left untouched. Works on inputs with any leading dims."""
+    layers = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if i > 0:
+                layers.append(activation())
+            layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- data
+def load_digits(binarise: bool = True) -> torch.Tensor:
+    """scikit-learn's 8x8 digits [3] as a float32 ``[1797, 64]`` tensor: binarised
+    (pixel >= ``DIGITS_THRESHOLD`` = 8 of 16 -> 1, else 0) or scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as _load
+
+    x = torch.as_tensor(_load().data, dtype=torch.float32)
+    return (x >= DIGITS_THRESHOLD).float() if binarise else x / 16.0
+
+
+def load_labels() -> torch.Tensor:
+    """The digit classes 0..9 of :func:`load_digits`, a LongTensor ``[1797]`` (for plots)."""
+    from sklearn.datasets import load_digits as _load
+
+    return torch.as_tensor(_load().target, dtype=torch.long)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: corrupt gzip file ({e})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file; expected {MNIST_FORMATS}")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: IDX header is truncated")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(
+            f"{path}: IDX header announces shape {shape} but the file holds {len(body)} data bytes"
+        )
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def _read_npz(path: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            key = next((k for k in ("x_train", "x") if k in keys), keys[0] if keys else None)
+            a = None if key is None else f[key]
+    except Exception as e:  # zipfile.BadZipFile, OSError, object arrays (ValueError), ...
+        raise ValueError(f"{path} is not a readable .npz archive ({e}); expected {MNIST_FORMATS}") from None
+    if a is None:
+        raise ValueError(f"{path}: the .npz archive holds no arrays")
+    return a
+
+
+def load_mnist(path: str, binarise: bool = True) -> torch.Tensor:
+    """A local MNIST images file as a float32 ``[N, 784]`` tensor (any ``[N, ...]`` image
+    shape is flattened). Pixels are scaled to [0, 1] (divided by 255 when integer or
+    larger than 1) and, if ``binarise``, set to 1 where above ``MNIST_THRESHOLD`` = 0.5.
+
+    Raises ``FileNotFoundError`` if ``path`` does not exist, ``ValueError`` if it is not
+    one of the expected formats or holds unusable values."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path!r}; expected {MNIST_FORMATS}")
+    a = _read_npz(path) if path.endswith(".npz") else _read_idx(path)
+    if a.dtype.kind not in "uif":
+        raise ValueError(f"{path}: images have dtype {a.dtype}; expected numbers")
+    if a.ndim < 2 or a.shape[0] == 0:
+        raise ValueError(
+            f"{path}: array of shape {a.shape} is not a stack of images [N, H, W] or [N, D]"
+            " (a 1-D IDX file holds labels: pass the *-images-idx3-ubyte file)"
+        )
+    x = torch.as_tensor(a.astype(np.float32)).reshape(a.shape[0], -1)
+    if not torch.isfinite(x).all() or (x < 0).any():
+        raise ValueError(f"{path}: pixel values must be finite and non-negative")
+    if a.dtype.kind in "ui" or x.max() > 1:
+        x = x / 255.0
+    if x.max() > 1:
+        raise ValueError(f"{path}: pixel values exceed 255; expected 0..255 or [0, 1]")
+    return (x > MNIST_THRESHOLD).float() if binarise else x
+
+
+# ---------------------------------------------------------------------------- model
+class DeepLatentModel(ZooModel):
+    """Deep latent variable model of Kingma & Welling [1] (shared by ``dlvm``/``vae``)::
+
+        z_n ~ Normal(0, I_L)                                    n = 1..N
+        x_nj ~ Bernoulli(logits = decoder(z_n)_j)               (likelihood="bernoulli")
+        x_n ~ Normal(sigmoid(decoder(z_n)), sigma0^2 I_D)        (likelihood="gaussian")
+
+    The decoder is an MLP ``L -> hidden -> D`` with tanh activations, a point-estimated
+    network registered as ``pyro.module("decoder", ...)``. The Gaussian likelihood
+    with fixed ``sigma0`` is a squared-error reconstruction loss scaled by
+    ``1 / (2 sigma0^2)``; its mean passes through a sigmoid since pixels lie in [0, 1].
+
+    Args (subclasses document them again):
+        latent_dim: L, dimension of z (2: the latent space can be plotted and the
+            evidence computed by quadrature).
+        hidden: widths of the hidden layers of the networks.
+        data_dim: D, pixels per datapoint (64 for the digits, 784 for MNIST).
+        likelihood: ``"bernoulli"`` (binary pixels) or ``"gaussian"`` (pixels in [0, 1]).
+        sigma0: standard deviation of the Gaussian likelihood (unused for Bernoulli).
+        seed: seed of the network initialisation (the global RNG is not touched).
+    """
+
+    default_data = (
+        "scikit-learn's 8x8 handwritten digits, 1797 x 64, binarised at pixel >= 8 of 16"
+        " (scaled to [0, 1] for likelihood='gaussian')"
+    )
+    references = ()
+    symmetries: Dict[str, int] = {}
+    data_plate = "data"
+    max_plate_nesting = 1
+
+    def __init__(
+        self,
+        latent_dim: int = 2,
+        hidden: Sequence[int] = (128,),
+        data_dim: int = 64,
+        likelihood: str = "bernoulli",
+        sigma0: float = 0.1,
+        seed: int = 0,
+    ):
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        if sigma0 <= 0:
+            raise ValueError(f"sigma0 must be positive, got {sigma0}")
+        self.latent_dim, self.data_dim = int(latent_dim), int(data_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.likelihood, self.sigma0, self.seed = likelihood, float(sigma0), int(seed)
+        self.decoder = self._new_decoder()
+
+    def _new_decoder(self) -> nn.Module:
+        net = mlp((self.latent_dim, *self.hidden, self.data_dim), seed=self.seed)
+        return nn.Sequential(net, nn.Sigmoid()) if self.likelihood == "gaussian" else net
+
+    def _likelihood(self, out: torch.Tensor) -> dist.TorchDistribution:
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        return dist.Normal(out, self.sigma0).to_event(1)
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([self.latent_dim]).to_event(1)
+        with pyro.plate(self.data_plate, x.shape[0], dim=-1) as idx:
+            z = pyro.sample("z", prior)
+            pyro.sample("x", self._likelihood(self.decoder(z)), obs=x[idx])
+
+    def networks(self) -> Dict[str, nn.Module]:
+        return {"decoder": self.decoder}
+
+    def load_data(self, path: Optional[str] = None, device: Any = "cpu") -> Data:
+        """The digits (default) or a local MNIST file (see :func:`load_mnist`), as ``(x,)``.
+        Binarised for the Bernoulli likelihood, scaled to [0, 1] for the Gaussian one.
+        MNIST needs a model built with ``data_dim=784``."""
+        binarise = self.likelihood == "bernoulli"
+        x = load_digits(binarise) if path is None else load_mnist(path, binarise)
+        return (x.to(device),)
+
+    @staticmethod
+    def load_labels() -> torch.Tensor:
+        """Digit classes of the default data, for colouring latent-space plots."""
+        return load_labels()
+
+    def check_data(self, *data: torch.Tensor) -> None:
+        check_tensors(data)
+        if len(data) != 1:
+            raise ValueError(f"{self.name} takes one data tensor x [N, {self.data_dim}], got {len(data)}")
+        (x,) = data
+        if x.dim() != 2 or x.shape[1] != self.data_dim:
+            raise ValueError(
+                f"x must be 2-D [N, {self.data_dim}] (data_dim={self.data_dim}), got shape"
+                f" {tuple(x.shape)}; flatten images to rows and build the model with the"
+                f" matching data_dim, e.g. zoo.get({self.name!r}, data_dim=784) for MNIST"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"x has dtype {x.dtype}; convert it with x.float()")
+        if self.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+            raise ValueError(
+                "the Bernoulli likelihood needs binary 0/1 pixels, x holds other values;"
+                " binarise it first, e.g. (x > 0.5).float(), or use likelihood='gaussian'"
+            )
+
+    def simulate(self, num_data: int, seed: int = 0) -> Simulated:
+        """``z`` from the prior and ``x`` from the decoder at its initial weights (drawn with
+        this model's ``seed``, whatever training has done since), using a private
+        ``torch.Generator(seed)``: the global RNG is untouched."""
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(num_data, self.latent_dim, generator=g)
+        with torch.no_grad():
+            out = self._new_decoder()(z)
+            if self.likelihood == "bernoulli":
+                x = torch.bernoulli(torch.sigmoid(out), generator=g)
+            else:
+                x = out + self.sigma0 * torch.randn(out.shape, generator=g)
+        return Simulated(data=(x,), params={"z": z})
