@@ -166,7 +166,8 @@ class DeepLatentModel(ZooModel):
         "scikit-learn's 8x8 handwritten digits, 1797 x 64, binarised at pixel >= 8 of 16"
         " (scaled to [0, 1] for likelihood='gaussian')"
     )
-    references = ()
+    #: per-datapoint log p(x) by quadrature over z (inference.exact), for latent_dim <= 2
+    references = ("quadrature evidence (latent_dim <= 2)",)
     symmetries: Dict[str, int] = {}
     data_plate = "data"
     max_plate_nesting = 1
@@ -188,6 +189,8 @@ class DeepLatentModel(ZooModel):
         self.hidden = tuple(int(h) for h in hidden)
         self.likelihood, self.sigma0, self.seed = likelihood, float(sigma0), int(seed)
         self.decoder = self._new_decoder()
+        if self.latent_dim > 2:
+            self.references = ()
 
     def _new_decoder(self) -> nn.Module:
         net = mlp((self.latent_dim, *self.hidden, self.data_dim), seed=self.seed)
