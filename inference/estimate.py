@@ -166,7 +166,7 @@ def _sampled(tgt, data, method, K, scope, mpn, fixed, budget) -> Dict[str, Any]:
 
     if proposal == "guide":
         _check_proposal(tgt, data, mpn, local, fixed)
-    stats = stream(weights, K, num_datapoints(data) if local else None, budget, data[0].device)
+    stats, (kc, bc) = stream(weights, K, num_datapoints(data) if local else None, budget, data[0].device)
     if method == "elbo":
         value = torch.cat([s.mean() for s in stats])
         err = torch.cat([s.mean_stderr() for s in stats])
@@ -181,6 +181,7 @@ def _sampled(tgt, data, method, K, scope, mpn, fixed, budget) -> Dict[str, Any]:
         stderr=float(err.pow(2).sum().sqrt()),
         ess=float(ess.mean()),
         khat=float(khat.max()),
+        diagnostics={"chunk_particles": kc, "chunk_datapoints": bc},
     )
     if local:
         fields.update(per_datapoint=value, stderr_per_datapoint=err,

@@ -161,7 +161,7 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
                              indices=idx, fixed=fixed, values={name: value})
             return lw.double() + log_cell
 
-        stats = stream(weights, grid.shape[0], n, budget, dev)
+        stats, _ = stream(weights, grid.shape[0], n, budget, dev)
         return torch.cat([s.lse for s in stats])
 
     grid, step = _grid(points, dim, dev)

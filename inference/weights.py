@@ -22,7 +22,7 @@ References
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -152,9 +152,10 @@ def plan_chunks(
     return min(num_samples, max(1, units // data_chunk)), data_chunk
 
 
-def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device) -> List[WeightStats]:
+def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device):
     """Run ``weights(start, count, indices)`` over all K particles in chunks planned from a measured
-    pilot, one :class:`WeightStats` per chunk of datapoints (local, ``N`` given) or one in all."""
+    pilot, one :class:`WeightStats` per chunk of datapoints (local, ``N`` given) or one in all.
+    Returns the list of stats and the chunk plan ``(particles, datapoints)``."""
     k0 = min(K, 8)
     idx0 = None if N is None else torch.arange(min(N, 64), device=device)
     _, nbytes = bytes_allocated(lambda: weights(0, k0, idx0))
@@ -167,4 +168,4 @@ def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device)
         for start in range(0, K, kc):
             st.update(weights(start, min(kc, K - start), idx))
         out.append(st)
-    return out
+    return out, (kc, bc)
