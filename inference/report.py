@@ -1,0 +1,617 @@
+"""The compare job behind ``ppzoo compare``: fit every zoo model, run every estimator, report.
+
+For each model the job fits the model/guide pair by SVI on its default data, then runs
+:func:`inference.compare` over a K grid and several seeds, and writes, under ``OUT/``::
+
+    run.json              what was run (marks OUT as a compare run, for --resume)
+    results.csv           one row per model x method x K x seed (tidy; a ``model`` column)
+    summary.md            per model: estimate +- stderr per method and K, error, ESS, k-hat
+    MODEL/config.json     how MODEL was fitted (``ppzoo estimate OUT/MODEL`` reads it)
+    MODEL/state.pt        fitted params and networks;  MODEL/losses.csv, MODEL/loss.png
+    MODEL/estimates.png   estimate vs K;  MODEL/diagnostics.png  ESS and k-hat vs K
+    MODEL/*.png           the model's own views (:data:`MODEL_PLOTS`)
+
+Every file is written atomically (:mod:`inference.io`), results row by row as they finish.
+An interrupted run keeps what it finished; ``resume=True`` then skips fitted models (their
+``state.pt`` exists; an unfinished fit continues from ``MODEL/checkpoint.pt``) and rows
+already in ``results.csv``.
+
+How each model is fitted and estimated is data, not code: one :class:`Job` per model in
+:data:`JOBS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+import zoo
+from inference.io import write_text, write_with
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.csv"
+SUMMARY_FILE = "summary.md"
+CONFIG_FILE = "config.json"
+SKIPPED_FILE = "skipped.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+METHODS = ("elbo", "is-guide", "is-prior", "exact")
+
+
+class UsageError(Exception):
+    """A problem with what was asked for (model, method, directory, device, data), found
+    before any long work; the command line prints it as one line and exits non-zero."""
+
+
+# ---------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """How the compare job fits and evaluates one model.
+
+    :ivar options: keyword arguments of ``zoo.get(model, ...)``.
+    :ivar steps, lr, batch_size: SVI settings; the optimiser is ClippedAdam with the learning
+        rate decaying geometrically to ``lr * lr_decay`` at the last step.
+    :ivar subset: use the first ``subset`` datapoints of the default data (``None``: all).
+    :ivar scope: evidence scope, ``"global"`` (log p(X)) or ``"local"`` (sum of log p(x_n)).
+    :ivar methods, num_samples, seeds: the estimator grid.
+    :ivar estimate_options: extra keywords of :func:`inference.estimate` (e.g. quadrature points).
+    :ivar why: one line for the summary: why this guide and scope.
+    :ivar quick: overrides of the fields above for ``--quick``.
+    """
+
+    model: str
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 1000
+    lr: float = 0.01
+    lr_decay: float = 0.1
+    batch_size: Optional[int] = None
+    subset: Optional[int] = None
+    scope: Optional[str] = None
+    methods: Tuple[str, ...] = METHODS
+    num_samples: Tuple[int, ...] = (1, 10, 100, 1000)
+    seeds: int = 3
+    estimate_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    why: str = ""
+    quick: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def settings(self, quick: bool) -> "Job":
+        return dataclasses.replace(self, **self.quick, quick={}) if quick else self
+
+
+QUICK = dict(num_samples=(1, 10, 100), seeds=2)
+
+#: The compare job's settings, one row per model. Models missing here get ``Job(name)``.
+JOBS: Dict[str, Job] = {
+    job.model: job
+    for job in [
+        Job("map_l2", options={"guide": "gaussian"}, steps=1500, lr=0.05, scope="global",
+            why="full-covariance Gaussian guide: it contains the exact posterior, and the "
+                "evidence has a closed form",
+            quick=dict(QUICK, steps=400)),
+        Job("gmm", options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global",
+            why="mean-field guide over the globals (assignments summed out); is-guide "
+                "symmetrises the guide over the 3! component relabellings",
+            quick=dict(QUICK, steps=300)),
+        Job("vae", steps=5000, lr=0.01, batch_size=128, scope="local",
+            why="amortized encoder; per-datapoint evidence, exact reference by 2-D quadrature",
+            quick=dict(QUICK, steps=300, batch_size=100, subset=300,
+                       estimate_options={"quadrature_points": 32})),
+        Job("dlvm", steps=3000, lr=0.02, scope="local",
+            why="per-datapoint Gaussian guide (full-data steps); exact reference by 2-D "
+                "quadrature",
+            quick=dict(QUICK, steps=300, subset=300, estimate_options={"quadrature_points": 32})),
+    ]
+}
+
+
+def job_for(name: str, quick: bool = False) -> Job:
+    return JOBS.get(name, Job(name)).settings(quick)
+
+
+# ---------------------------------------------------------------------------- checks
+def check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for but no CUDA device is available "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return device
+
+
+def check_models(names: Sequence[str]) -> List[str]:
+    unknown = [n for n in names if n not in zoo.names()]
+    if unknown:
+        raise UsageError(f"unknown model(s) {', '.join(unknown)}; known models: "
+                         f"{', '.join(zoo.names())} (see ppzoo list)")
+    return list(dict.fromkeys(names)) or list(zoo.names())
+
+
+def check_methods(methods: Sequence[str]) -> List[str]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def prepare_out(out: os.PathLike, *, marker: str, resume: bool = False,
+                can_resume: bool = True) -> Path:
+    """Check ``out`` can hold a new run (or, with ``resume``, continues one whose ``marker``
+    file exists), create it and check it is writable."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    previous = (out / marker).exists()
+    if out.is_dir() and any(out.iterdir()):
+        if not previous:
+            raise UsageError(f"--out {out} exists, is not empty and holds no previous run "
+                             f"(no {marker}); choose a new or empty directory")
+        if not resume:
+            hint = "pass --resume to continue it, or" if can_resume else "please"
+            raise UsageError(f"--out {out} holds a previous run; {hint} choose a new directory")
+    anc = out.absolute()
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UsageError(f"cannot create --out {out}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {anc}: permission denied; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    return out
+
+
+def make_entry(name: str, options: Dict[str, Any]):
+    try:
+        return zoo.get(name, **options)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"cannot build model {name!r} with options {options}: {e}") from None
+
+
+def load_data(entry, path: Optional[str] = None, subset: Optional[int] = None,
+              device: str = "cpu"):
+    """The entry's data (default or ``path``), its first ``subset`` rows, checked."""
+    try:
+        data = entry.load_data(path, device="cpu")
+        if subset is not None:
+            data = tuple(t[:subset] for t in data)
+        entry.check_data(*data)
+    except FileNotFoundError as e:
+        raise UsageError(str(e).strip("'\"")) from None
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(f"cannot use data {path or '(default)'} for {entry.name}: {e}") from None
+    return tuple(t.to(device) for t in data)
+
+
+def read_config(folder: os.PathLike) -> Dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"{folder} holds no {CONFIG_FILE}: not a fitted run; create one with "
+                         "ppzoo fit MODEL --out DIR")
+    try:
+        config = json.loads(path.read_text())
+        config["model"], config.setdefault("options", {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is malformed ({e}); refit with ppzoo fit") from None
+    return config
+
+
+# ---------------------------------------------------------------------------- fitting
+def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,
+              seed: int = 0, device: str = "cpu", progress: bool = False,
+              echo: Callable[[str], None] = print):
+    """Fit ``entry`` with ``job``'s settings; write config.json, state.pt, losses.csv,
+    loss.png under ``folder``. An existing ``folder/checkpoint.pt`` is continued."""
+    import inference
+    from inference.plots import plot_losses
+
+    config = {
+        "model": entry.name, "options": job.options, "data": data_path, "subset": job.subset,
+        "scope": job.scope, "estimate_options": job.estimate_options,
+        "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
+                "batch_size": job.batch_size, "seed": seed, "device": device},
+    }
+    write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
+    optim = pyro.optim.ClippedAdam({"lr": job.lr, "lrd": job.lr_decay ** (1 / max(job.steps, 1))})
+    result = inference.fit(entry, data, steps=job.steps, optim=optim, batch_size=job.batch_size,
+                           seed=seed, device=device, progress=progress,
+                           checkpoint=folder / CHECKPOINT_FILE,
+                           checkpoint_every=max(50, job.steps // 10))
+    result.save(folder)
+    final = float(result.losses["loss_per_datapoint"].tail(50).mean())
+    config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
+    write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
+    _save(plot_losses(result.losses, title=f"{entry.name}: training curve"), folder / "loss.png")
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s, "
+         f"-ELBO/datapoint {final:.4g} (mean of the last 50 steps) -> {folder}")
+    return result
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- compare job
+@dataclasses.dataclass
+class Plan:
+    """A checked compare job, ready to run."""
+
+    out: Path
+    models: List[str]
+    quick: bool
+    device: str
+    resume: bool
+    jobs: Dict[str, Job]
+    entries: Dict[str, Any]
+    data: Dict[str, Tuple[torch.Tensor, ...]]
+
+
+def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = False,
+                    device: str = "cpu", resume: bool = False) -> Plan:
+    """Every check of ``ppzoo compare`` that can fail, before any long work: model names,
+    device, output directory, model options and data. Raises :class:`UsageError`."""
+    names = check_models(models)
+    check_device(device)
+    out = prepare_out(out, marker=RUN_FILE, resume=resume)
+    run = _read_json(out / RUN_FILE)
+    if run is not None and bool(run.get("quick")) != quick:
+        flag = "with" if run.get("quick") else "without"
+        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
+    jobs = {n: job_for(n, quick) for n in names}
+    entries = {n: make_entry(n, jobs[n].options) for n in names}
+    data = {n: load_data(entries[n], None, jobs[n].subset, device) for n in names}
+    return Plan(out, names, quick, device, resume, jobs, entries, data)
+
+
+def run_compare(plan: Plan, *, progress: bool = False,
+                echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run a prepared compare job; returns the results table (all rows so far)."""
+    import inference
+
+    out = plan.out
+    run = _read_json(out / RUN_FILE) or {"ppzoo": "compare", "models": [], "quick": plan.quick}
+    run["models"] = list(dict.fromkeys(run["models"] + plan.models))
+    run.update(device=plan.device, updated=_now())
+    write_text(json.dumps(run, indent=2) + "\n", out / RUN_FILE)
+    table = Results(out / RESULTS_FILE)
+    for name in plan.models:
+        job, entry, data = plan.jobs[name], plan.entries[name], plan.data[name]
+        folder = out / name
+        if (folder / "state.pt").exists():
+            echo(f"{name}: fitted state found in {folder}, not refitting")
+        else:
+            folder.mkdir(exist_ok=True)
+            fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo)
+        inference.load_fit(entry, folder, device=plan.device)
+        skipped = _read_json(folder / SKIPPED_FILE) or {}
+        seeds = list(range(job.seeds))
+        cells = [(m, 0, 0) if m == "exact" else (m, k, s)
+                 for m in job.methods for k in ([0] if m == "exact" else job.num_samples)
+                 for s in ([0] if m == "exact" else seeds)]
+        done = table.done(name)
+        todo = [c for c in cells if c not in done and c[0] not in skipped]
+        if todo:
+            reporter = _GroupEcho(name, len(seeds), table, echo)
+
+            def on_row(row, name=name, reporter=reporter):
+                reporter(table.add(name, row))
+
+            df = inference.compare(
+                entry, data, methods=job.methods, num_samples=job.num_samples, seeds=seeds,
+                scope=job.scope, device=plan.device, progress=progress, on_row=on_row,
+                skip=lambda m, k, s, done=done: (m, int(k), int(s)) in done,
+                **job.estimate_options)
+            skipped.update(df.attrs.get("skipped", {}))
+            write_text(json.dumps(skipped, indent=2) + "\n", folder / SKIPPED_FILE)
+            for method, reason in skipped.items():
+                echo(f"{name}: {method} skipped: {reason}")
+        else:
+            echo(f"{name}: nothing left to estimate, its {len(done)} estimates already in "
+                 f"{RESULTS_FILE}")
+        if torch.device(plan.device).type != "cpu":
+            inference.load_fit(entry, folder, device="cpu")
+        rows = table.df[table.df["model"] == name]
+        write_model_plots(name, entry, data, rows, folder)
+        write_summary(out, table.df)
+    echo(f"wrote {out / RESULTS_FILE} ({len(table.df)} rows), {out / SUMMARY_FILE} and plots "
+         f"under {out}/MODEL/")
+    return table.df
+
+
+class Results:
+    """``results.csv``, rewritten atomically after every row."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+    def done(self, model: str) -> set:
+        if self.df.empty:
+            return set()
+        part = self.df[self.df["model"] == model]
+        return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
+
+    def add(self, model: str, row: Dict[str, Any]) -> Dict[str, Any]:
+        row = {"model": model, **row, "finished": _now()}
+        new = pd.DataFrame([row])
+        self.df = new if self.df.empty else pd.concat([self.df, new], ignore_index=True)
+        write_with(self.path, lambda tmp: self.df.to_csv(tmp, index=False))
+        return row
+
+
+class _GroupEcho:
+    """Prints one line per (method, K) once all its seeds are in ``table``."""
+
+    def __init__(self, model: str, seeds: int, table: Results, echo: Callable[[str], None]):
+        self.model, self.seeds, self.table, self.echo = model, seeds, table, echo
+
+    def __call__(self, row: Dict[str, Any]) -> None:
+        df = self.table.df
+        rows = df[(df["model"] == self.model) & (df["method"] == row["method"])
+                  & (df["K"] == row["K"])]
+        if row["method"] != "exact" and len(rows) < self.seeds:
+            return
+        ref = rows["reference"].iloc[0]
+        err = "" if math.isnan(ref) else f", error {rows['error'].mean():+.4g} vs exact {ref:.6g}"
+        k = "" if row["method"] == "exact" else f" K={row['K']}"
+        self.echo(f"{self.model}: {row['method']}{k}: log p(x) {rows['estimate'].mean():.6g} "
+                  f"+- {_nanmean(rows['stderr']):.3g}{err}, ESS {_nanmean(rows['ess']):.3g}, "
+                  f"k-hat {rows['khat'].max():.3g}, {rows['seconds'].sum():.2f} s")
+
+
+# ---------------------------------------------------------------------------- summary
+def write_summary(out: Path, df: pd.DataFrame) -> Path:
+    """``summary.md``: one table per model, mean over seeds per method and K."""
+    from inference.compare import summarise
+
+    run = _read_json(out / RUN_FILE) or {}
+    lines = [
+        "# ppzoo compare", "",
+        f"Updated {_now()}; {'--quick; ' if run.get('quick') else ''}device {run.get('device', 'cpu')}.",
+        "Each row: mean over seeds of the estimate of log p(x) (summed over datapoints), "
+        "+- the mean standard error; *error* = estimate - exact reference; *ESS* = effective "
+        "sample size of the importance weights (mean over seeds); *k-hat* = PSIS Pareto k "
+        "(max over seeds and datapoints; above 0.7 the estimate is unreliable); *seconds* "
+        "per estimate (mean over seeds).", "",
+    ]
+    for name in run.get("models", []):
+        folder = out / name
+        config = _read_json(folder / CONFIG_FILE) or {}
+        fit = config.get("fit", {})
+        rows = df[df["model"] == name] if not df.empty else df
+        lines += [f"## {name}", ""]
+        job = JOBS.get(name)
+        if job is not None and job.why:
+            lines.append(f"Setup: {job.why}.")
+        if "final_loss_per_datapoint" in fit:
+            lines.append(f"Fit: options {config.get('options')}, {fit['steps']} steps, lr "
+                         f"{fit['lr']} (decaying to x{fit['lr_decay']}), batch "
+                         f"{fit['batch_size'] or 'all'}, data rows "
+                         f"{config.get('subset') or 'all'}; final -ELBO per datapoint "
+                         f"{fit['final_loss_per_datapoint']:.4g} ({fit['seconds']:.1f} s).")
+        for method, reason in (_read_json(folder / SKIPPED_FILE) or {}).items():
+            lines.append(f"Skipped {method}: {reason}")
+        lines.append("")
+        if len(rows) == 0:
+            lines += ["(no estimates yet)", ""]
+            continue
+        s = summarise(rows)
+        per = rows.groupby(["method", "K"])["per_datapoint"].mean().rename("per_datapoint")
+        s = s.merge(per.reset_index(), on=["method", "K"])
+        s["order"] = s["method"].map({m: i for i, m in enumerate(("exact",) + METHODS)})
+        s = s.sort_values(["order", "K"])
+        lines += ["| method | K | estimate +- stderr | per datapoint | error | ESS | k-hat | seconds |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in s.itertuples():
+            k = "-" if r.method == "exact" else str(int(r.K))
+            est = f"{r.estimate:.2f}" + ("" if math.isnan(r.stderr) or r.method == "exact"
+                                         else f" +- {r.stderr:.2f}")
+            lines.append(f"| {r.method} | {k} | {est} | {r.per_datapoint:.4f} | "
+                         f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | {_fmt(r.khat, '.2f')} | "
+                         f"{r.seconds:.3f} |")
+        pngs = sorted(p.name for p in folder.glob("*.png"))
+        lines += [""] + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
+    return write_text("\n".join(lines), out / SUMMARY_FILE)
+
+
+def _fmt(x: float, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _nanmean(s: pd.Series) -> float:
+    s = s.dropna()
+    return float(s.mean()) if len(s) else math.nan
+
+
+# ---------------------------------------------------------------------------- plots
+def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) -> List[Path]:
+    """estimates.png and diagnostics.png from ``rows``, then the model's own views."""
+    from inference.plots import plot_diagnostics, plot_estimates
+
+    paths = []
+    if len(rows):
+        paths.append(_save(plot_estimates(rows, title=f"{name}: log p(x) vs K"),
+                           folder / "estimates.png"))
+        if (rows["method"] != "exact").any():
+            paths.append(_save(plot_diagnostics(rows, title=f"{name}: weight diagnostics"),
+                               folder / "diagnostics.png"))
+    data = tuple(t.detach().cpu() for t in data)
+    with torch.no_grad():
+        for stem, fig in MODEL_PLOTS.get(name, lambda *a: {})(entry, data).items():
+            paths.append(_save(fig, folder / f"{stem}.png"))
+    return paths
+
+
+def _guide_site(entry, data, site: str):
+    """The guide's distribution at ``site`` on the full data (params from the param store)."""
+    tr = pyro.poutine.trace(pyro.poutine.block(entry.guide, hide_types=["param"])).get_trace(*data)
+    return tr.nodes[site]["fn"]
+
+
+def _deep_latent_plots(entry, data):
+    """Latent means coloured by digit class, decoded z grid, reconstructions."""
+    import matplotlib.pyplot as plt
+
+    (x,) = data
+    figs = {}
+    z = _guide_site(entry, data, "z").mean.reshape(len(x), -1)
+    labels = entry.load_labels()[: len(x)].numpy() if hasattr(entry, "load_labels") else None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    zn = z.numpy()
+    sc = ax.scatter(zn[:, 0], zn[:, min(1, zn.shape[1] - 1)], s=6, c=labels, cmap="tab10",
+                    vmin=-0.5, vmax=9.5)
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    ax.set(xlabel="z[0]", ylabel="z[1]", title=f"{entry.name}: guide means of the data")
+    fig.tight_layout()
+    figs["latent"] = fig
+
+    def probs(z):
+        out = entry.decoder(z)
+        return torch.sigmoid(out) if entry.likelihood == "bernoulli" else out
+
+    side = int(round(math.sqrt(x.shape[1])))
+    if side * side != x.shape[1]:
+        return figs
+    if z.shape[1] == 2:  # decoder means on a grid of normal quantiles, a gap between tiles
+        n = 12
+        axis = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.04, 0.96, n))
+        grid = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
+        tiles = torch.nn.functional.pad(probs(grid).reshape(n, n, side, side), (0, 1, 0, 1))
+        imgs = tiles.permute(0, 2, 1, 3).reshape(n * (side + 1), n * (side + 1))
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(imgs.numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set(xticks=[], yticks=[], title=f"{entry.name}: decoder means over a z grid "
+                                           "(z[0] left to right, z[1] bottom to top)")
+        fig.tight_layout()
+        figs["decoded"] = fig
+    m = min(10, len(x))
+    pairs = (x[:m].numpy(), probs(z[:m]).numpy())
+    fig, axes = plt.subplots(2, m, figsize=(1.1 * m, 2.6), squeeze=False)
+    for i in range(m):
+        for row, imgs in enumerate(pairs):
+            axes[row, i].imshow(imgs[i].reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
+            axes[row, i].set(xticks=[], yticks=[])
+    axes[0, 0].set_ylabel("data")
+    axes[1, 0].set_ylabel("decoded")
+    fig.suptitle(f"{entry.name}: reconstructions (decoder mean at the guide mean)")
+    figs["reconstructions"] = fig
+    return figs
+
+
+def _gmm_plots(entry, data):
+    """Data (first two dims) coloured by most probable component, component ellipses and
+    the fitted mixture density (marginal in those dims)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    (x,) = data
+    p = entry.params_from_guide()
+    w, locs = p["weights"].cpu(), p["locs"].cpu()
+    sd = p["variances"].cpu().sqrt().expand_as(locs)
+    comp = torch.distributions.Normal(locs[:, :2], sd[:, :2])
+    lab = (w.log() + torch.distributions.Normal(locs, sd).log_prob(x[:, None, :]).sum(-1)).argmax(-1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if x.shape[1] < 2:
+        g = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)
+        dens = (w * comp.log_prob(g[:, None]).exp()).sum(-1)
+        ax.hist(x[:, 0].numpy(), bins=30, density=True, color="0.8")
+        ax.plot(g.numpy(), dens.numpy(), "k")
+        ax.set(xlabel="x[0]", title="gmm: fitted density")
+        return {"clusters": fig}
+    lo, hi = x[:, :2].min(0).values - 1, x[:, :2].max(0).values + 1
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 150), torch.linspace(lo[1], hi[1], 150),
+                            indexing="xy")
+    g = torch.stack([gx, gy], -1)[..., None, :]
+    dens = (w.log() + comp.log_prob(g).sum(-1)).logsumexp(-1).exp()
+    ax.contour(gx.numpy(), gy.numpy(), dens.numpy(), levels=8, colors="0.6", linewidths=0.7)
+    ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), c=lab.numpy(), cmap="tab10", vmin=-0.5,
+               vmax=9.5, s=10)
+    for k, ((mx, my), (sx, sy), wk) in enumerate(zip(locs[:, :2].tolist(), sd[:, :2].tolist(),
+                                                   w.tolist())):
+        for r in (1, 2):
+            ax.add_patch(Ellipse((mx, my), 2 * r * sx, 2 * r * sy, fill=False,
+                                 color=plt.get_cmap("tab10")(k % 10), lw=1))
+        ax.plot(mx, my, "x", color="k", ms=8)
+        ax.annotate(f"w={wk:.2f}", (mx, my), xytext=(5, 5), textcoords="offset points", fontsize=8)
+    ax.set(xlabel="x[0]", ylabel="x[1]", title="gmm: clusters (1 and 2 sd) and fitted density")
+    fig.tight_layout()
+    return {"clusters": fig}
+
+
+def _map_l2_plots(entry, data):
+    """Guide mean +- 2 sd per weight, the exact posterior's, and scikit-learn's Ridge."""
+    import matplotlib.pyplot as plt
+
+    X, y = data
+    q = _guide_site(entry, data, "w")
+    mean, sd = q.mean.reshape(-1).numpy(), q.variance.reshape(-1).clamp(min=0).sqrt().numpy()
+    idx = np.arange(len(mean), dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(idx - 0.12, mean, yerr=2 * sd, fmt="o", capsize=3, label="guide mean +- 2 sd")
+    if entry.likelihood == "gaussian":
+        pm, pc = entry.posterior(X, y)
+        ax.errorbar(idx + 0.12, pm.numpy(), yerr=2 * pc.diagonal().sqrt().numpy(), fmt="s",
+                    color="k", capsize=3, ms=4, label="exact posterior mean +- 2 sd")
+    if entry.ridge_alpha is not None:
+        from sklearn.linear_model import Ridge
+
+        coef = Ridge(alpha=entry.ridge_alpha, fit_intercept=False).fit(X.numpy(), y.numpy()).coef_
+        ax.plot(idx, coef, "x", color="r", ms=9, mew=2, label=f"Ridge(alpha={entry.ridge_alpha:.3g})")
+    ax.axhline(0, color="0.7", lw=0.8)
+    ax.set_xticks(idx, _feature_names(entry, len(mean)), rotation=45)
+    ax.set(ylabel="weight", title="map_l2: weights vs scikit-learn Ridge, posterior intervals")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return {"weights": fig}
+
+
+def _feature_names(entry, p: int) -> List[str]:
+    from sklearn import datasets
+
+    names = list(getattr(datasets, f"load_{entry.dataset}")().feature_names)
+    return names if len(names) == p else [f"w[{i}]" for i in range(p)]
+
+
+#: The model's own views: name -> function(entry, data) -> {file stem: figure}.
+MODEL_PLOTS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    "vae": _deep_latent_plots,
+    "dlvm": _deep_latent_plots,
+    "gmm": _gmm_plots,
+    "map_l2": _map_l2_plots,
+}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")

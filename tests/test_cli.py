@@ -1,0 +1,317 @@
+"""The ppzoo command line: list, fit then estimate, the compare job end to end, interrupt and
+resume, and every error path (one line on stderr, non-zero exit, before any long work)."""
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import inference
+import zoo
+from inference import report
+from inference.compare import COLUMNS
+from zoo.cli import main
+
+# the module (the package attribute inference.compare is the function, which tests patch)
+compare_module = importlib.import_module("inference.compare")
+
+RESULT_COLUMNS = ["model", *COLUMNS, "finished"]
+VIEWS = {"vae": {"latent", "decoded", "reconstructions"}, "dlvm": {"latent", "decoded", "reconstructions"},
+         "gmm": {"clusters"}, "map_l2": {"weights"}}
+
+
+def run_main(argv):
+    """``main(argv)`` with stdout and stderr captured: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def expected_cells(name, skipped=()):
+    """(method, K, seed) rows the quick job owes for ``name``."""
+    job = report.job_for(name, quick=True)
+    cells = {(m, k, s) for m in job.methods if m != "exact" and m not in skipped
+             for k in job.num_samples for s in range(job.seeds)}
+    return cells | ({("exact", 0, 0)} if "exact" in job.methods and "exact" not in skipped else set())
+
+
+def cells_of(df, name=None):
+    part = df if name is None else df[df["model"] == name]
+    return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
+
+
+# ---------------------------------------------------------------------------- compare --quick
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "run"
+    rc, stdout, stderr = run_main(["compare", "--quick", "--no-progress", "--out", out])
+    assert rc == 0, stderr
+    return out, stdout
+
+
+def test_compare_quick_writes_tidy_results(quick_run):
+    out, _ = quick_run
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns) == RESULT_COLUMNS
+    assert list(dict.fromkeys(df["model"])) == list(zoo.names())
+    for name in zoo.names():
+        skipped = json.loads((out / name / "skipped.json").read_text())
+        part = df[df["model"] == name]
+        assert len(part) == len(cells_of(part)), f"{name}: duplicated rows"
+        assert cells_of(part) == expected_cells(name, skipped), name
+        # every row carries the exact reference where one exists, and its error against it
+        exact = part[part["method"] == "exact"]
+        if len(exact):
+            assert np.allclose(part["reference"], exact["estimate"].iloc[0])
+            assert np.allclose(part["error"], part["estimate"] - part["reference"])
+        else:
+            assert part["reference"].isna().all()
+        scope = "global" if name in ("gmm", "map_l2") else "local"
+        assert (part["scope"] == scope).all()
+    # gmm has no exact evidence (label switching aside): skipped, with the reason recorded
+    assert "exact" in json.loads((out / "gmm" / "skipped.json").read_text())
+    # map_l2's exact row is the closed form on the full diabetes data
+    entry = zoo.get("map_l2", guide="gaussian")
+    closed = float(entry.log_evidence(*entry.load_data()))
+    got = df[(df["model"] == "map_l2") & (df["method"] == "exact")]["estimate"].item()
+    assert got == pytest.approx(closed, rel=1e-6)
+    # Same particles (same seed and K): log mean w >= mean log w (Jensen), equal at K = 1;
+    # gmm's is-guide is symmetrised over relabellings, so the inequality need not hold there.
+    for name in ("map_l2", "vae", "dlvm"):
+        part = df[df["model"] == name].set_index(["method", "K", "seed"])["estimate"]
+        iwae, elbo = part["is-guide"], part["elbo"]
+        assert (iwae >= elbo - 1e-6 * elbo.abs()).all(), name
+        assert np.allclose(iwae.xs(1, level="K"), elbo.xs(1, level="K"), rtol=1e-9), name
+
+
+def test_compare_quick_writes_plots_and_summary(quick_run):
+    out, stdout = quick_run
+    summary = (out / "summary.md").read_text()
+    for name in zoo.names():
+        pngs = {p.stem for p in (out / name).glob("*.png")}
+        assert pngs == {"loss", "estimates", "diagnostics"} | VIEWS[name]
+        for stem in pngs:
+            img = mpimg.imread(out / name / f"{stem}.png")
+            assert img.ndim == 3 and min(img.shape[:2]) > 100 and img.shape[2] in (3, 4)
+            assert img[..., :3].std() > 0.01  # not blank
+        # a markdown table per model, one row per (method, K)
+        section = summary.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        table = [ln for ln in section.splitlines() if ln.startswith("| ")]
+        groups = {(m, k) for m, k, _ in expected_cells(name, json.loads(
+            (out / name / "skipped.json").read_text()))}
+        assert table[0].startswith("| method | K | estimate +- stderr")
+        assert len(table) == 1 + len(groups)
+        assert f"![{name} estimates]({name}/estimates.png)" in section
+        # one summary line per fit and per finished (method, K) on stdout
+        lines = [ln for ln in stdout.splitlines() if ln.startswith(f"{name}: ")]
+        assert sum(" fitted " in ln for ln in lines) == 1
+        assert sum("log p(x)" in ln for ln in lines) == len(groups)
+    assert (out / "run.json").is_file()
+    config = json.loads((out / "vae" / "config.json").read_text())
+    assert config["subset"] == 300 and config["fit"]["steps"] == report.job_for("vae", True).steps
+
+
+def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
+    # OUT/MODEL of the compare job can be re-estimated with ppzoo estimate.
+    out, _ = quick_run
+    rc, stdout, stderr = run_main(["estimate", out / "map_l2", "--method", "exact",
+                                   "--no-progress"])
+    assert rc == 0, stderr
+    est = pd.read_csv(out / "map_l2" / "estimates.csv")
+    df = pd.read_csv(out / "results.csv")
+    ref = df[(df["model"] == "map_l2") & (df["method"] == "exact")]["estimate"].item()
+    assert est["estimate"].item() == pytest.approx(ref, rel=1e-9)
+    (out / "map_l2" / "estimates.csv").unlink()  # leave the compare run as it was
+
+
+# ---------------------------------------------------------------------------- interrupt, resume
+def stop_after(rows_before_stop, record):
+    """An ``inference.compare`` that records every row's (model, method, K, seed) and raises KeyboardInterrupt (what
+    Ctrl-C raises) after ``rows_before_stop`` rows, as if the user pressed it there."""
+    real = compare_module.compare  # the unpatched function
+
+    def compare(entry, *args, on_row, **kwargs):
+        def row(r):
+            on_row(r)
+            record.append((entry.name, r["method"], r["K"], r["seed"]))
+            if len(record) == rows_before_stop:
+                raise KeyboardInterrupt
+
+        return real(entry, *args, on_row=row, **kwargs)
+
+    return compare
+
+
+def test_interrupt_then_resume_finishes_without_recomputing(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["compare", "--quick", "--no-progress", "gmm", "map_l2", "--out", out]
+    n_gmm = len(expected_cells("gmm", skipped={"exact"}))
+    first = []
+    monkeypatch.setattr(inference, "compare", stop_after(n_gmm + 5, first))
+    rc, stdout, stderr = run_main(argv)
+    assert rc == 130
+    assert "interrupted" in stderr and "--resume" in stderr and str(out) in stderr
+    before = pd.read_csv(out / "results.csv")
+    assert len(before) == n_gmm + 5 == len(first)
+    assert cells_of(before, "gmm") == expected_cells("gmm", skipped={"exact"})
+    states = {m: (out / m / "state.pt").stat().st_mtime_ns for m in ("gmm", "map_l2")}
+
+    # Without --resume the folder is refused; with it, only the missing rows are computed.
+    rc, _, stderr = run_main(argv)
+    assert rc == 2 and "--resume" in stderr
+    second = []
+    monkeypatch.setattr(inference, "compare", stop_after(-1, second))
+    rc, stdout, stderr = run_main(argv + ["--resume"])
+    assert rc == 0, stderr
+    assert "gmm: fitted state found" in stdout and "map_l2: fitted state found" in stdout
+    assert {m: (out / m / "state.pt").stat().st_mtime_ns for m in states} == states
+    after = pd.read_csv(out / "results.csv")
+    assert not set(first) & set(second)
+    assert len(after) == len(before) + len(second)
+    assert cells_of(after, "map_l2") == expected_cells("map_l2")
+    # rows finished before the interruption are kept as they were (same finish time)
+    key = ["model", "method", "K", "seed"]
+    kept = before.merge(after, on=key, suffixes=("", "_after"))
+    assert len(kept) == len(before)
+    assert (kept["finished"] == kept["finished_after"]).all()
+    assert (kept["estimate"] == kept["estimate_after"]).all()
+
+    # A finished run resumes to nothing: no estimator runs at all.
+    third = []
+    monkeypatch.setattr(inference, "compare", stop_after(-1, third))
+    rc, stdout, _ = run_main(argv + ["--resume"])
+    assert rc == 0 and third == []
+    assert stdout.count("nothing left to estimate") == 2
+    assert pd.read_csv(out / "results.csv").equals(after)
+
+
+# ---------------------------------------------------------------------------- list, fit, estimate
+def test_list_prints_every_model():
+    rc, stdout, _ = run_main(["list"])
+    assert rc == 0
+    lines = stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == list(zoo.names())
+    for name, line in zip(zoo.names(), lines):
+        entry = zoo.get(name)
+        assert entry.summary in line and entry.default_data in line
+        assert all(ref in line for ref in entry.references)
+
+
+def test_fit_then_estimate_on_a_user_csv(tmp_path):
+    sim = zoo.get("map_l2", num_features=3).simulate(80, seed=1)
+    X, y = sim.data
+    csv = tmp_path / "data.csv"
+    np.savetxt(csv, torch.cat([X, y[:, None]], 1).numpy(), delimiter=",", header="a,b,c,y",
+               comments="")
+    run = tmp_path / "fit"
+    rc, stdout, stderr = run_main(["fit", "map_l2", "--data", csv, "--steps", 300, "--lr", 0.05,
+                                   "--option", "guide=gaussian", "noise=0.5", "--out", run])
+    assert rc == 0, stderr
+    assert {"config.json", "state.pt", "losses.csv", "loss.png"} <= set(os.listdir(run))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "map_l2" and config["data"] == str(csv)
+    assert config["options"] == {"guide": "gaussian", "noise": 0.5}
+    assert len(pd.read_csv(run / "losses.csv")) == 300
+    assert "map_l2: fitted 300 steps" in stdout
+
+    rc, stdout, stderr = run_main(["estimate", run, "--method", "is-guide", "--method", "exact",
+                                   "-K", 1, "-K", 50, "--seeds", 2, "--no-progress"])
+    assert rc == 0, stderr
+    df = pd.read_csv(run / "estimates.csv")
+    assert list(df.columns) == COLUMNS
+    assert sorted(cells_of(df)) == [("exact", 0, 0), ("is-guide", 1, 0), ("is-guide", 1, 1),
+                                    ("is-guide", 50, 0), ("is-guide", 50, 1)]
+    exact = float(zoo.get("map_l2", noise=0.5).log_evidence(X, y))
+    assert df.loc[df["method"] == "exact", "estimate"].item() == pytest.approx(exact, rel=1e-6)
+    assert np.allclose(df["reference"], exact, rtol=1e-6)
+    assert "is-guide" in stdout and "wrote" in stdout
+
+
+# ---------------------------------------------------------------------------- errors
+def _nonempty(tmp_path):
+    d = tmp_path / "notes"
+    d.mkdir()
+    (d / "todo.txt").write_text("mine\n")
+    return d
+
+
+def _previous(tmp_path, quick=False):
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"ppzoo": "compare", "models": ["gmm"], "quick": quick}))
+    return d
+
+
+def _file(tmp_path, text, name="data.csv"):
+    (tmp_path / name).write_text(text)
+    return tmp_path / name
+
+
+ERRORS = {
+    "unknown model": (lambda t: ["compare", "gmm", "nosuch", "--out", t / "o"],
+                      "unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae"),
+    "unknown method": (lambda t: ["estimate", t, "--method", "is-guide", "--method", "mcmc"],
+                       "unknown method(s) mcmc"),
+    "foreign out dir": (lambda t: ["compare", "gmm", "--out", _nonempty(t)],
+                        "is not empty and holds no previous run"),
+    "previous run": (lambda t: ["compare", "gmm", "--out", _previous(t)],
+                     "holds a previous run; pass --resume"),
+    "quick mismatch": (lambda t: ["compare", "gmm", "--resume", "--out", _previous(t, quick=True)],
+                       "was run with --quick"),
+    "out under a file": (lambda t: ["compare", "gmm", "--out", _file(t, "x") / "run"],
+                         "is not a directory"),
+    "cuda": (lambda t: ["compare", "gmm", "--device", "cuda", "--out", t / "o"],
+             "no CUDA device is available"),
+    "missing data": (lambda t: ["fit", "map_l2", "--data", t / "nope.csv", "--out", t / "o"],
+                     "nope.csv: no such file"),
+    "malformed data": (lambda t: ["fit", "map_l2", "--data", _file(t, "a,b\n1,x\n2\n"),
+                                  "--out", t / "o"], "could not parse"),
+    "bad option": (lambda t: ["fit", "gmm", "--option", "K=0", "--out", t / "o"],
+                   "cannot build model 'gmm'"),
+    "not a fitted run": (lambda t: ["estimate", t], "holds no config.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line_and_nonzero(case, tmp_path):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    make_argv, message = ERRORS[case]
+    rc, stdout, stderr = run_main(make_argv(tmp_path))
+    assert rc == 2
+    assert stderr.startswith("ppzoo: error: ") and stderr.count("\n") == 1
+    assert message in stderr
+    assert stdout == ""  # failed before any work
+    assert not (tmp_path / "o" / "state.pt").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_unwritable_out_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        rc, _, stderr = run_main(["compare", "gmm", "--out", locked / "run"])
+    finally:
+        locked.chmod(0o700)
+    assert rc == 2 and "permission denied" in stderr
+
+
+def test_python_dash_m_zoo_reports_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zoo", "compare", "nosuch", "--out", tmp_path / "o"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae "
+        "(see ppzoo list)"]
+    assert not (tmp_path / "o").exists()

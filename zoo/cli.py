@@ -1,0 +1,226 @@
+"""``ppzoo``: list the zoo, fit a model, estimate its evidence, run the full comparison.
+
+    ppzoo list
+    ppzoo fit MODEL --out DIR [--data PATH] [--steps N] [--batch-size B] [--lr LR]
+              [--seed S] [--device cpu|cuda] [--option key=value ...]
+    ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--device ...]
+    ppzoo compare [MODEL ...] --out DIR [--quick] [--device ...] [--resume]
+
+Every check that can fail (model, method, options, data, device, output directory) runs
+before any long work and ends the command with one line on stderr and exit status 2.
+Ctrl-C keeps what is finished (exit status 130); ``compare --resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+PROG = "ppzoo"
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _parse_options(items: Sequence[str]) -> Dict[str, Any]:
+    """``["K=4", "guide=map", "hidden=(64,)"]`` -> ``{"K": 4, "guide": "map", "hidden": [64]}``:
+    values are Python literals where they parse as one, else strings."""
+    from inference.report import UsageError
+
+    options: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--option {item!r} is not key=value (e.g. --option guide=gaussian)")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        options[key] = list(value) if isinstance(value, tuple) else value
+    return options
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    import zoo
+
+    entries = [zoo.get(name) for name in zoo.names()]
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        refs = "; ".join(e.references) or "none"
+        print(f"{e.name:<{width}}  {e.summary} | data: {e.default_data} | exact: {refs}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from inference import report
+
+    report.check_models([args.model])
+    report.check_device(args.device)
+    base = report.job_for(args.model)
+    job = dataclasses.replace(
+        base, options=_parse_options(args.option),
+        steps=base.steps if args.steps is None else args.steps,
+        lr=base.lr if args.lr is None else args.lr,
+        lr_decay=base.lr_decay if args.lr_decay is None else args.lr_decay,
+        batch_size=base.batch_size if args.batch_size is None else args.batch_size,
+        subset=args.subset, scope=None, estimate_options={},
+    )
+    if job.steps < 1 or (job.batch_size is not None and job.batch_size < 1) or job.lr <= 0:
+        raise report.UsageError("--steps and --batch-size must be positive integers and --lr positive")
+    entry = report.make_entry(args.model, job.options)
+    data_path = None if args.data is None else _data_arg(args.data)
+    data = report.load_data(entry, data_path, job.subset, args.device)
+    out = report.prepare_out(args.out, marker=report.CONFIG_FILE, can_resume=False)
+    report.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
+                     device=args.device, progress=_progress(args), echo=_echo)
+    _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
+    return 0
+
+
+def _data_arg(path: str) -> str:
+    # Named data sets (e.g. gmm's "faithful") pass through; files become absolute paths
+    # so that config.json still finds them from another working directory.
+    return str(Path(path).absolute()) if os.sep in path or os.path.exists(path) else path
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import inference
+    from inference import report
+    from inference.compare import summarise
+    from inference.io import write_with
+
+    methods = report.check_methods(args.method or report.METHODS)
+    ks = args.K or [1, 10, 100, 1000]
+    if min(ks) < 1 or args.seeds < 1:
+        raise report.UsageError("-K values and --seeds must be integers >= 1")
+    report.check_device(args.device)
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise report.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
+    config = report.read_config(folder)
+    report.check_models([config["model"]])
+    if not (folder / "state.pt").is_file():
+        raise report.UsageError(f"{folder} holds no state.pt: the fit did not finish; rerun ppzoo fit")
+    entry = report.make_entry(config["model"], config["options"])
+    data = report.load_data(entry, config.get("data"), config.get("subset"), args.device)
+    inference.load_fit(entry, folder, device=args.device)
+    df = inference.compare(
+        entry, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
+        scope=config.get("scope"), device=args.device, progress=_progress(args),
+        **config.get("estimate_options", {}))
+    for method, reason in df.attrs.get("skipped", {}).items():
+        _echo(f"{method} skipped: {reason}")
+    path = folder / "estimates.csv"
+    write_with(path, lambda tmp: df.to_csv(tmp, index=False))
+    if len(df):
+        cols = ["method", "K", "estimate", "seed_sd", "stderr", "ess", "khat", "error", "seconds"]
+        _echo(summarise(df)[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _echo(f"wrote {path} ({len(df)} rows)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from inference import report
+
+    plan = report.prepare_compare(args.models, args.out, quick=args.quick, device=args.device,
+                                  resume=args.resume)
+    report.run_compare(plan, progress=_progress(args), echo=_echo)
+    return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="ppzoo: a zoo of Pyro models, SVI fits and evidence estimators.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="registered models: summary, default data, exact references")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    common.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they show only on a terminal anyway)")
+    common.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="PyTorch CPU threads (default 1: the zoo's models are small, and "
+                             "more threads contend with other processes)")
+
+    f = sub.add_parser("fit", parents=[common], help="fit a model by SVI and save it")
+    f.add_argument("model", metavar="MODEL")
+    f.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
+    f.add_argument("--data", metavar="PATH", help="data file (default: the model's embedded data)")
+    f.add_argument("--subset", type=int, metavar="N", help="use the first N datapoints")
+    f.add_argument("--steps", type=int, metavar="N", help="SVI steps (default: per model)")
+    f.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (default: per model)")
+    f.add_argument("--lr", type=float, help="initial learning rate (default: per model)")
+    f.add_argument("--lr-decay", type=float, metavar="F",
+                   help="learning rate at the last step as a fraction of --lr (default 0.1)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="model constructor option, e.g. --option guide=gaussian K=4")
+
+    e = sub.add_parser("estimate", parents=[common], help="estimate log p(x) of a fitted run")
+    e.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit")
+    e.add_argument("--method", action="append", metavar="M",
+                   help="elbo, is-guide, is-prior or exact; repeat for several (default: all)")
+    e.add_argument("-K", action="append", type=int, metavar="K",
+                   help="number of samples; repeat for several (default: 1 10 100 1000)")
+    e.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
+
+    c = sub.add_parser("compare", parents=[common],
+                       help="fit every model and compare every estimator (the full report)")
+    c.add_argument("models", nargs="*", metavar="MODEL", help="default: every registered model")
+    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--quick", action="store_true",
+                   help="about a minute: fewer steps, K in (1, 10, 100), 2 seeds, data subsets")
+    c.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: skip fitted models and finished rows")
+
+    for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
+                     ("compare", cmd_compare)]:
+        sub.choices[name].set_defaults(func=fn)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from inference.report import UsageError
+
+    threads = torch.get_num_threads()
+    try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as e:  # a fit diverged: say so in one line
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None) or getattr(args, "dir", None)
+        hint = "; rerun with --resume to continue" if args.command == "compare" else ""
+        print(f"\n{PROG}: interrupted; finished results are kept in {out}{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
