@@ -101,7 +101,8 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
     if num_samples < 5:
         return torch.full((num_rows,), math.nan, dtype=torch.float64)
     tail = top.T.cpu().numpy()  # [B, M+1], descending
-    rows = max(1, budget_bytes // (16 * num_samples))
+    # float64 rows: the stand-in, arviz's copy of it and its output, plus sort indices
+    rows = max(1, budget_bytes // (32 * num_samples))
     out = np.empty(num_rows)
     for start in range(0, num_rows, rows):
         block = tail[start : start + rows]
