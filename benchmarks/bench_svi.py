@@ -1,0 +1,120 @@
+"""SVI step time on the digits vae: ``inference.fit`` vs a hand-written PyTorch VAE training
+loop with the same networks, optimiser and minibatches vs Pyro's ``JitTrace_ELBO``.
+
+    python benchmarks/bench_svi.py [--device cpu|cuda] [--quick] [--steps 200] [--repeats 3]
+
+Times are per step (min/median/max over repeats of ``--steps`` steps, after a warm-up);
+ratios are to the hand-written loop's median, all measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, JitTrace_ELBO
+
+import inference
+import zoo
+from inference.target import SubsampleAt, subsampled
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_step(run, steps, repeats, device):
+    run(5)  # warm-up (and the JIT's tracing)
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(steps)
+        sync(device)
+        out.append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def batches(n, b, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n - b + 1, b):
+            yield perm[s : s + b].to(device)
+
+
+def run_fit(entry, x, b, lr, device):
+    def run(steps):
+        inference.fit(entry, (x,), steps=steps, batch_size=b, lr=lr, device=device, progress=False)
+    return run
+
+
+def run_hand(entry, x, b, lr, device):
+    params = list(entry.encoder.parameters()) + list(entry.decoder.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    L, n = entry.latent_dim, x.shape[0]
+    it = batches(n, b, device)
+
+    def run(steps):
+        for _ in range(steps):
+            xb = x[next(it)]
+            loc, s = entry.encoder(xb).split(L, dim=-1)
+            scale = F.softplus(s) + entry.min_scale
+            z = loc + scale * torch.randn_like(loc)
+            logits = entry.decoder(z)
+            rec = -F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
+            kl = 0.5 * (loc**2 + scale**2 - 1).sum(-1) - scale.log().sum(-1)  # KL(q || N(0, I))
+            loss = -(rec - kl).sum() * (n / b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return run
+
+
+def run_jit(entry, x, b, lr, device):
+    pyro.clear_param_store()
+    handler = SubsampleAt("data")
+    svi = SVI(subsampled(entry.model, handler), subsampled(entry.guide, handler),
+              pyro.optim.Adam({"lr": lr}), JitTrace_ELBO(max_plate_nesting=1))
+    it = batches(x.shape[0], b, device)
+
+    def run(steps):
+        for _ in range(steps):
+            handler.indices = next(it)
+            svi.step(x)
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    dev = inference.target.resolve_device(args.device)
+    if args.quick:
+        args.steps, args.repeats = 20, 2
+    entry = zoo.get("vae", latent_dim=2)
+    (x,) = entry.load_data(device=dev)
+    entry.to(dev)
+    print("| batch | case | min ms/step | median ms/step | max ms/step | ratio to hand-written |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for b in (128, 1024):
+        times = {name: per_step(make(entry, x, b, 1e-3, dev), args.steps, args.repeats, dev)
+                 for name, make in (("hand-written PyTorch", run_hand), ("inference.fit", run_fit),
+                                    ("JitTrace_ELBO", run_jit))}
+        ref = statistics.median(times["hand-written PyTorch"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            print(f"| {b} | {name} | {1e3 * min(ts):.2f} | {1e3 * med:.2f} | {1e3 * max(ts):.2f} | "
+                  f"{med / ref:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
