@@ -19,15 +19,6 @@ FORMS = ["marginal", "enumerate", "sample"]
 GUIDES = ["meanfield", "map"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only cost here, 10x when the cores are busy.
-    # (tests/conftest.py clears the param store and seeds.)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def elbo_for(form, **kw):
     return (TraceEnum_ELBO if form == "enumerate" else Trace_ELBO)(max_plate_nesting=1, **kw)

@@ -16,15 +16,6 @@ import inference
 import zoo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only cost here. (tests/conftest.py clears the param
-    # store and seeds.)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def fit(entry, data, steps, lr, lr_end, num_particles=1):
     """Full-batch SVI with Adam, the learning rate decayed geometrically from lr to lr_end."""
