@@ -143,7 +143,8 @@ def check_models(names: Sequence[str]) -> List[str]:
 def check_methods(methods: Sequence[str]) -> List[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
@@ -390,7 +391,8 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
     run = _read_json(out / RUN_FILE) or {}
     lines = [
         "# ppzoo compare", "",
-        f"Updated {_now()}; {'--quick; ' if run.get('quick') else ''}device {run.get('device', 'cpu')}.",
+        f"Updated {_now()}; {'--quick; ' if run.get('quick') else ''}"
+        f"device {run.get('device', 'cpu')}.",
         "Each row: mean over seeds of the estimate of log p(x) (summed over datapoints), "
         "+- the mean standard error; *error* = estimate - exact reference; *ESS* = effective "
         "sample size of the importance weights (mean over seeds); *k-hat* = PSIS Pareto k "
@@ -421,16 +423,19 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
         s = summarise(rows)
         per = rows.groupby(["method", "K"])["per_datapoint"].mean().rename("per_datapoint")
         s = s.merge(per.reset_index(), on=["method", "K"])
-        s["order"] = s["method"].map({m: i for i, m in enumerate(("exact",) + METHODS)})
+        order = ("exact",) + tuple(m for m in METHODS if m != "exact")
+        s["order"] = s["method"].map({m: i for i, m in enumerate(order)})
         s = s.sort_values(["order", "K"])
-        lines += ["| method | K | estimate +- stderr | per datapoint | error | ESS | k-hat | seconds |",
+        lines += ["| method | K | estimate +- stderr | per datapoint | error | ESS | k-hat "
+                  "| seconds |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
             k = "-" if r.method == "exact" else str(int(r.K))
             est = f"{r.estimate:.2f}" + ("" if math.isnan(r.stderr) or r.method == "exact"
                                          else f" +- {r.stderr:.2f}")
             lines.append(f"| {r.method} | {k} | {est} | {r.per_datapoint:.4f} | "
-                         f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | {_fmt(r.khat, '.2f')} | "
+                         f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | "
+                         f"{_fmt(r.khat, '.2f')} | "
                          f"{r.seconds:.3f} |")
         pngs = sorted(p.name for p in folder.glob("*.png"))
         lines += [""] + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
@@ -533,7 +538,8 @@ def _gmm_plots(entry, data):
     w, locs = p["weights"].cpu(), p["locs"].cpu()
     sd = p["variances"].cpu().sqrt().expand_as(locs)
     comp = torch.distributions.Normal(locs[:, :2], sd[:, :2])
-    lab = (w.log() + torch.distributions.Normal(locs, sd).log_prob(x[:, None, :]).sum(-1)).argmax(-1)
+    resp = w.log() + torch.distributions.Normal(locs, sd).log_prob(x[:, None, :]).sum(-1)
+    lab = resp.argmax(-1)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     if x.shape[1] < 2:
         g = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)
@@ -580,7 +586,8 @@ def _map_l2_plots(entry, data):
         from sklearn.linear_model import Ridge
 
         coef = Ridge(alpha=entry.ridge_alpha, fit_intercept=False).fit(X.numpy(), y.numpy()).coef_
-        ax.plot(idx, coef, "x", color="r", ms=9, mew=2, label=f"Ridge(alpha={entry.ridge_alpha:.3g})")
+        ax.plot(idx, coef, "x", color="r", ms=9, mew=2,
+                label=f"Ridge(alpha={entry.ridge_alpha:.3g})")
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_xticks(idx, _feature_names(entry, len(mean)), rotation=45)
     ax.set(ylabel="weight", title="map_l2: weights vs scikit-learn Ridge, posterior intervals")

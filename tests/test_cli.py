@@ -25,8 +25,8 @@ from zoo.cli import main
 compare_module = importlib.import_module("inference.compare")
 
 RESULT_COLUMNS = ["model", *COLUMNS, "finished"]
-VIEWS = {"vae": {"latent", "decoded", "reconstructions"}, "dlvm": {"latent", "decoded", "reconstructions"},
-         "gmm": {"clusters"}, "map_l2": {"weights"}}
+DEEP = {"latent", "decoded", "reconstructions"}
+VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}}
 
 
 def run_main(argv):
@@ -42,7 +42,9 @@ def expected_cells(name, skipped=()):
     job = report.job_for(name, quick=True)
     cells = {(m, k, s) for m in job.methods if m != "exact" and m not in skipped
              for k in job.num_samples for s in range(job.seeds)}
-    return cells | ({("exact", 0, 0)} if "exact" in job.methods and "exact" not in skipped else set())
+    if "exact" in job.methods and "exact" not in skipped:
+        cells.add(("exact", 0, 0))
+    return cells
 
 
 def cells_of(df, name=None):
@@ -110,6 +112,8 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
         groups = {(m, k) for m, k, _ in expected_cells(name, json.loads(
             (out / name / "skipped.json").read_text()))}
         assert table[0].startswith("| method | K | estimate +- stderr")
+        if ("exact", 0) in groups:  # the reference first
+            assert table[1].startswith("| exact | - | ")
         assert len(table) == 1 + len(groups)
         assert f"![{name} estimates]({name}/estimates.png)" in section
         # one summary line per fit and per finished (method, K) on stdout
@@ -136,8 +140,9 @@ def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
 
 # ---------------------------------------------------------------------------- interrupt, resume
 def stop_after(rows_before_stop, record):
-    """An ``inference.compare`` that records every row's (model, method, K, seed) and raises KeyboardInterrupt (what
-    Ctrl-C raises) after ``rows_before_stop`` rows, as if the user pressed it there."""
+    """An ``inference.compare`` that records every row's (model, method, K, seed) and raises
+    KeyboardInterrupt (what Ctrl-C raises) after ``rows_before_stop`` rows, as if the user
+    pressed it there."""
     real = compare_module.compare  # the unpatched function
 
     def compare(entry, *args, on_row, **kwargs):
@@ -308,8 +313,8 @@ def test_unwritable_out_dir(tmp_path):
 
 
 def test_python_dash_m_zoo_reports_errors(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zoo", "compare", "nosuch", "--out", tmp_path / "o"],
-                          capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-m", "zoo", "compare", "nosuch", "--out", tmp_path / "o"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae "

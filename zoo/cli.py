@@ -75,7 +75,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         subset=args.subset, scope=None, estimate_options={},
     )
     if job.steps < 1 or (job.batch_size is not None and job.batch_size < 1) or job.lr <= 0:
-        raise report.UsageError("--steps and --batch-size must be positive integers and --lr positive")
+        raise report.UsageError("--steps and --batch-size must be positive integers, --lr "
+                                "positive")
     entry = report.make_entry(args.model, job.options)
     data_path = None if args.data is None else _data_arg(args.data)
     data = report.load_data(entry, data_path, job.subset, args.device)
@@ -109,7 +110,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = report.read_config(folder)
     report.check_models([config["model"]])
     if not (folder / "state.pt").is_file():
-        raise report.UsageError(f"{folder} holds no state.pt: the fit did not finish; rerun ppzoo fit")
+        raise report.UsageError(f"{folder} holds no state.pt: the fit did not finish; "
+                                "rerun ppzoo fit")
     entry = report.make_entry(config["model"], config["options"])
     data = report.load_data(entry, config.get("data"), config.get("subset"), args.device)
     inference.load_fit(entry, folder, device=args.device)
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", metavar="PATH", help="data file (default: the model's embedded data)")
     f.add_argument("--subset", type=int, metavar="N", help="use the first N datapoints")
     f.add_argument("--steps", type=int, metavar="N", help="SVI steps (default: per model)")
-    f.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (default: per model)")
+    f.add_argument("--batch-size", type=int, metavar="B",
+                   help="minibatch size (default: per model)")
     f.add_argument("--lr", type=float, help="initial learning rate (default: per model)")
     f.add_argument("--lr-decay", type=float, metavar="F",
                    help="learning rate at the last step as a fraction of --lr (default 0.1)")
