@@ -25,7 +25,10 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def _echo(line: str) -> None:
-    print(line, flush=True)
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stdout)  # above any progress bar, not through it
+    sys.stdout.flush()
 
 
 def _parse_options(items: Sequence[str]) -> Dict[str, Any]:
@@ -215,6 +218,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     except FloatingPointError as e:  # a fit diverged: say so in one line
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. ppzoo compare ... | head: stop quietly, files are kept
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None) or getattr(args, "dir", None)
