@@ -1,10 +1,14 @@
 """``ppzoo``: list the zoo, fit a model, estimate its evidence, run the full comparison.
 
     ppzoo list
-    ppzoo fit MODEL --out DIR [--data PATH] [--steps N] [--batch-size B] [--lr LR]
-              [--seed S] [--device cpu|cuda] [--option key=value ...]
-    ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--device ...]
-    ppzoo compare [MODEL ...] --out DIR [--quick] [--device ...] [--resume]
+    ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
+              [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...]
+    ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N]
+    ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
+
+Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
+threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
+compare job's for that model (:data:`inference.report.JOBS`).
 
 Every check that can fail (model, method, options, data, device, output directory) runs
 before any long work and ends the command with one line on stderr and exit status 2.
@@ -226,9 +230,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             pass
         return 1
     except KeyboardInterrupt:
-        out = getattr(args, "out", None) or getattr(args, "dir", None)
-        hint = "; rerun with --resume to continue" if args.command == "compare" else ""
-        print(f"\n{PROG}: interrupted; finished results are kept in {out}{hint}", file=sys.stderr)
+        what = {
+            "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
+                       "--resume to continue",
+            "fit": "the fit did not finish; no fitted state was written",
+            "estimate": "no estimates were written",
+        }.get(args.command, "")
+        print(f"\n{PROG}: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         torch.set_num_threads(threads)
