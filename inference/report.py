@@ -407,7 +407,7 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
         lines += [f"## {name}", ""]
         job = JOBS.get(name)
         if job is not None and job.why:
-            lines.append(f"Setup: {job.why}.")
+            lines += [f"Setup: {job.why}.", ""]
         if "final_loss_per_datapoint" in fit:
             lines.append(f"Fit: options {config.get('options')}, {fit['steps']} steps, lr "
                          f"{fit['lr']} (decaying to x{fit['lr_decay']}), batch "
@@ -415,7 +415,7 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
                          f"{config.get('subset') or 'all'}; final -ELBO per datapoint "
                          f"{fit['final_loss_per_datapoint']:.4g} ({fit['seconds']:.1f} s).")
         for method, reason in (_read_json(folder / SKIPPED_FILE) or {}).items():
-            lines.append(f"Skipped {method}: {reason}")
+            lines += ["", f"Skipped {method}: {reason}"]
         lines.append("")
         if len(rows) == 0:
             lines += ["(no estimates yet)", ""]
@@ -437,7 +437,8 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
                          f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | "
                          f"{_fmt(r.khat, '.2f')} | "
                          f"{r.seconds:.3f} |")
-        pngs = sorted(p.name for p in folder.glob("*.png"))
+        first = {"loss.png": 0, "estimates.png": 1, "diagnostics.png": 2}
+        pngs = sorted((p.name for p in folder.glob("*.png")), key=lambda n: (first.get(n, 3), n))
         lines += [""] + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
     return write_text("\n".join(lines), out / SUMMARY_FILE)
 
