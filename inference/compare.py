@@ -8,6 +8,7 @@ enumeration, quadrature) it is computed once and each row carries its error agai
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import pandas as pd
@@ -62,6 +63,7 @@ def compare(
     :param num_samples: the K grid.
     :param seeds: seeds for every sampled method.
     :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
+    :param progress: show a tqdm bar; default: only when stderr is a terminal.
     :param on_row: called with each row as it finishes (e.g. to write it out at once).
     :param skip: ``skip(method, K, seed)`` true for rows to leave out (e.g. already done).
     :param options: passed to :func:`estimate` (``fixed``, ``quadrature_points``).
@@ -84,18 +86,21 @@ def compare(
         if on_row is not None:
             on_row(row)
 
-    reference = math.nan
-    try:
-        exact = estimate(tgt, data, "exact", **common)
-        reference = exact.log_evidence
-        if "exact" in methods and not (skip and skip("exact", 0, 0)):
-            emit(_row(exact, 0, reference))
-    except ValueError as err:
-        skipped["exact"] = str(err)
     jobs = [(m, k, s) for m in methods if m != "exact" for k in ks for s in seeds]
-    show = progress if progress is not None else None
+    jobs = [job for job in jobs if not (skip and skip(*job))]
+    want_exact = "exact" in methods and not (skip and skip("exact", 0, 0))
+    reference = math.nan
+    if jobs or want_exact:  # the reference is only worth computing if a row will use it
+        try:
+            exact = estimate(tgt, data, "exact", **common)
+            reference = exact.log_evidence
+            if want_exact:
+                emit(_row(exact, 0, reference))
+        except ValueError as err:
+            skipped["exact"] = str(err)
+    show = sys.stderr.isatty() if progress is None else progress
     for method, k, seed in tqdm(jobs, desc=f"estimate {tgt.name}", disable=not show, leave=False):
-        if method in skipped or (skip and skip(method, k, seed)):
+        if method in skipped:
             continue
         try:
             est = estimate(tgt, data, method, k, seed=seed, **common)
