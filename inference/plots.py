@@ -29,6 +29,7 @@ def plot_estimates(df: pd.DataFrame, ax=None, title: Optional[str] = None):
     ref = df["reference"].dropna()
     if len(ref):
         ax.axhline(float(ref.iloc[0]), color="k", ls="--", lw=1, label="exact")
+    _zoom(ax, s, float(ref.iloc[0]) if len(ref) else None)
     ax.set_xscale("log")
     ax.set_xlabel("K (samples)")
     ax.set_ylabel("log p(x) estimate")
@@ -37,6 +38,24 @@ def plot_estimates(df: pd.DataFrame, ax=None, title: Optional[str] = None):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def _zoom(ax, summary: pd.DataFrame, reference: Optional[float]) -> None:
+    """Frame the guide-based estimates and the reference: prior Monte Carlo at small K can be
+    orders of magnitude lower and would flatten everything else. Points below are noted."""
+    guided = summary[summary["method"].isin(["elbo", "is-guide"])]["estimate"]
+    values = list(guided) + ([reference] if reference is not None else [])
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    pad = max(hi - lo, 1e-3 * max(1.0, abs(hi)))
+    bottom = lo - 1.5 * pad
+    ax.set_ylim(bottom, hi + 0.5 * pad)
+    below = summary[summary["estimate"] < bottom]
+    if len(below):
+        ax.annotate(f"{len(below)} point(s) below the frame: "
+                    + ", ".join(f"{m} K={k}" for m, k in zip(below["method"], below["K"])),
+                    xy=(0.02, 0.02), xycoords="axes fraction", fontsize=7, color="0.3")
 
 
 def plot_diagnostics(df: pd.DataFrame, title: Optional[str] = None):
