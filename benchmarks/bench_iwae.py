@@ -100,7 +100,7 @@ def main(argv=None):
 
     diff = float((est.per_datapoint - ref).abs().mean())
     med = statistics.median
-    print(f"| case | N | K | min s | median s | max s | ratio to hand-written (median) |")
+    print("| case | N | K | min s | median s | max s | ratio to hand-written (median) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, ts in (("inference.estimate is-guide", t_ours), ("hand-written PyTorch", t_hand)):
         print(f"| {name} | {N} | {K} | {min(ts):.3f} | {med(ts):.3f} | {max(ts):.3f} | "

@@ -43,7 +43,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(one(args.n, ks[0], args.budget_mib << 20)))
         return
-    print(f"| K | N | seconds | peak RSS MiB | particles per chunk | log p(x)/datapoint |")
+    print("| K | N | seconds | peak RSS MiB | particles per chunk | log p(x)/datapoint |")
     print("| --- | --- | --- | --- | --- | --- |")
     for K in ks:
         out = subprocess.run([sys.executable, __file__, "--child", "-K", str(K), "--n", str(args.n),
