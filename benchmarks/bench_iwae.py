@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
-from inference.weights import WeightStats
+from inference.weights import WeightStats, pareto_khat, tail_length
 
 
 def sync(device):
@@ -94,6 +94,9 @@ def main(argv=None):
     chunk = est.diagnostics["chunk_particles"]
     assert est.diagnostics["chunk_datapoints"] == N
     ref, t_hand = timed(lambda: hand_written(entry, x, K, chunk), args.repeats, dev)
+    # the diagnostics' share: PSIS k-hat via arviz (a Python loop over datapoints)
+    top = torch.randn(tail_length(K) + 1, N, dtype=torch.float64).sort(0, descending=True).values
+    _, t_khat = timed(lambda: pareto_khat(top, K, args.budget), args.repeats, "cpu")
     subset = 3 if args.quick else 10
     _, t_imp = timed(lambda: pyro_importance(entry, x, K, subset), 1, dev)
     imp_total = min(t_imp) / subset * N
@@ -105,6 +108,8 @@ def main(argv=None):
     for name, ts in (("inference.estimate is-guide", t_ours), ("hand-written PyTorch", t_hand)):
         print(f"| {name} | {N} | {K} | {min(ts):.3f} | {med(ts):.3f} | {max(ts):.3f} | "
               f"{med(ts) / med(t_hand):.2f} |")
+    print(f"| of which PSIS k-hat (arviz) | {N} | {K} | {min(t_khat):.3f} | {med(t_khat):.3f} | "
+          f"{max(t_khat):.3f} | {med(t_khat) / med(t_hand):.2f} |")
     print(f"| pyro.infer.Importance per datapoint (extrapolated from {subset}) | {N} | {K} | "
           f"{imp_total:.1f} | | | {imp_total / med(t_hand):.0f} |")
     print(f"\nchunk: {chunk} particles x {N} datapoints; budget {args.budget >> 20} MiB")
