@@ -87,3 +87,14 @@ def test_vae_is_guide_close_to_quadrature():
     assert abs(est.mean_per_datapoint - exact.mean_per_datapoint) < 0.05
     elbo = inference.estimate(entry, sub, "elbo", 1000, seed=0)
     assert elbo.mean_per_datapoint < est.mean_per_datapoint
+
+
+def test_estimate_rejects_bad_data_before_work():
+    entry = zoo.get("vae")
+    (x,) = entry.load_data()
+    with pytest.raises(ValueError, match="data_dim|columns"):
+        inference.estimate(entry, (x[:, :10],), "is-guide", 10)
+    with pytest.raises(ValueError, match="binar"):
+        inference.estimate(entry, (x * 0.5,), "is-guide", 10)
+    with pytest.raises(ValueError, match="is global"):
+        inference.estimate(zoo.get("map_l2"), zoo.get("map_l2").load_data(), "is-prior", scope="local")
