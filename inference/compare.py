@@ -12,7 +12,7 @@ import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.estimate import DEFAULT_BUDGET, METHODS, Estimate, estimate
 from inference.target import as_data, as_target

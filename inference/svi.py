@@ -30,7 +30,7 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.util import is_validation_enabled
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.io import PathLike, save_torch, write_with
 from inference.target import (

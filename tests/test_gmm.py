@@ -272,3 +272,20 @@ def test_bad_input():
         zoo.get("gmm", assignments="gibbs")
     with pytest.raises(ValueError, match="guide"):
         zoo.get("gmm", guide="auto")
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_one_component_has_no_weight_latent(guide):
+    # K=1: a Dirichlet over one component is a point mass; a guide over it used to random-walk
+    # its concentration to NaN. The weight is now the constant 1 and the fit is a Gaussian fit.
+    entry = zoo.get("gmm", K=1, D=2, guide=guide)
+    (x,) = zoo.get("gmm", K=2, D=2).simulate(100, seed=0).data
+    res = inference.fit(entry, (x,), steps=600, lr=0.02, num_particles=4, progress=False)
+    assert res.losses["loss"].map(math.isfinite).all()
+    tr = pyro.poutine.trace(entry.guide).get_trace(x)
+    assert "weights" not in tr.nodes and "weights_concentration" not in pyro.get_param_store()
+    params = entry.params_from_guide()
+    assert torch.equal(params["weights"], torch.ones(1))
+    # the one-component mixture likelihood is the diagonal Gaussian's
+    gauss = pyro.distributions.Normal(params["locs"][0], params["variances"][0].sqrt()).to_event(1)
+    torch.testing.assert_close(entry.log_likelihood(x, params), gauss.log_prob(x))

@@ -29,7 +29,7 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def _echo(line: str) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     tqdm.write(line, file=sys.stdout)  # above any progress bar, not through it
     sys.stdout.flush()

@@ -114,7 +114,10 @@ class GaussianMixture(ZooModel):
 
     def model(self, x: torch.Tensor) -> None:
         K, D, N = self.K, self.D, x.shape[0]
-        weights = pyro.sample("weights", dist.Dirichlet(x.new_full((K,), self.alpha)))
+        # One component: its weight is 1, not a latent (a Dirichlet over one component is a
+        # point mass, and a guide over it would random-walk).
+        weights = (pyro.sample("weights", dist.Dirichlet(x.new_full((K,), self.alpha)))
+                   if K > 1 else x.new_ones(1))
         locs = pyro.sample("locs", dist.Normal(x.new_full((K, D), self.loc_mean),
                                                self.loc_scale).to_event(2))
         vshape = self._vshape()
@@ -178,16 +181,15 @@ class GaussianMixture(ZooModel):
 
         nv = len(self._vshape())
         if self.guide_type == "map":
-            w = pyro.param("weights_map", lambda: init("weights"), constraint=constraints.simplex)
             locs = pyro.param("locs_map", lambda: init("locs"))
             var = pyro.param("variances_map", lambda: init("variances"),
                              constraint=constraints.positive)
-            pyro.sample("weights", dist.Delta(w, event_dim=1))
+            if K > 1:
+                w = pyro.param("weights_map", lambda: init("weights"), constraint=constraints.simplex)
+                pyro.sample("weights", dist.Delta(w, event_dim=1))
             pyro.sample("locs", dist.Delta(locs, event_dim=2))
             pyro.sample("variances", dist.Delta(var, event_dim=nv))
         else:
-            conc = pyro.param("weights_concentration", lambda: init("counts") + self.alpha,
-                              constraint=constraints.positive)
             locs_loc = pyro.param("locs_loc", lambda: init("locs"))
 
             def locs_scale_init():  # about the posterior sd of a cluster mean
@@ -200,7 +202,10 @@ class GaussianMixture(ZooModel):
             var_scale = pyro.param("variances_scale",
                                    lambda: torch.full_like(init("variances"), 0.1),
                                    constraint=constraints.positive)
-            pyro.sample("weights", dist.Dirichlet(conc))
+            if K > 1:
+                conc = pyro.param("weights_concentration", lambda: init("counts") + self.alpha,
+                                  constraint=constraints.positive)
+                pyro.sample("weights", dist.Dirichlet(conc))
             pyro.sample("locs", dist.Normal(locs_loc, locs_scale).to_event(2))
             pyro.sample("variances", dist.LogNormal(var_loc, var_scale).to_event(nv))
         if self.assignments == "sample":
@@ -212,6 +217,13 @@ class GaussianMixture(ZooModel):
         """Point estimate of the globals from the param store (detached): the ``Delta``
         values for ``guide="map"``, the guide's means for ``guide="meanfield"``."""
         p = pyro.param
+        if self.K == 1:
+            one = {"weights": torch.ones(1)}
+            rest = {"locs": p("locs_map" if self.guide_type == "map" else "locs_loc").detach()}
+            if self.guide_type == "map":
+                return {**one, **rest, "variances": p("variances_map").detach()}
+            m, s = p("variances_loc").detach(), p("variances_scale").detach()
+            return {**one, **rest, "variances": (m + 0.5 * s ** 2).exp()}
         if self.guide_type == "map":
             return {"weights": p("weights_map").detach(), "locs": p("locs_map").detach(),
                     "variances": p("variances_map").detach()}
