@@ -30,9 +30,9 @@ ALLOWED = {"zoo", "inference", "torch", "numpy", "matplotlib", "pandas", "pyro",
 CELL_TIMEOUT = 300
 
 
-#: warnings that are not the notebooks' fault: tqdm.auto (imported by inference.svi) warns at
-#: import when ipywidgets is absent, as in the CI venv; arviz announces its refactor at import
-#: (once per home directory; pyproject's filterwarnings ignores it in the test process too)
+#: warnings that are not the notebooks' fault: pyro (pyro.infer.mcmc.logger) imports tqdm.auto,
+#: which warns when ipywidgets is absent, as in the CI venv; arviz announces its refactor at
+#: import (once per home directory; pyproject's filterwarnings ignores it in the test process)
 KNOWN_STDERR = ("TqdmWarning: IProgress not found", "ArviZ is undergoing a major refactor")
 
 
