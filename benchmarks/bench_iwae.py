@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
+from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats, pareto_khat, tail_length
 
 
@@ -77,9 +78,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("-K", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--budget", type=int, default=256 << 20)
+    p.add_argument("--budget", type=int, default=None, help="bytes; default: the library's")
     args = p.parse_args(argv)
     dev = inference.target.resolve_device(args.device)
+    args.budget = args.budget or DEFAULT_BUDGET[dev.type]
     entry = zoo.get("vae", latent_dim=2)
     (x,) = entry.load_data(device=dev)
     entry.to(dev)

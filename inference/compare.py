@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from inference.estimate import DEFAULT_BUDGET, METHODS, Estimate, estimate
+from inference.estimate import METHODS, Estimate, estimate
 from inference.target import as_data, as_target
 
 COLUMNS = [
@@ -49,7 +49,7 @@ def compare(
     *,
     scope: Optional[str] = None,
     device: Any = "cpu",
-    memory_budget: int = DEFAULT_BUDGET,
+    memory_budget: Optional[int] = None,
     progress: Optional[bool] = None,
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
     skip: Optional[Callable[[str, int, int], bool]] = None,

@@ -52,7 +52,9 @@ from inference.target import as_data, as_target, num_datapoints, resolve_device
 from inference.weights import pareto_khat, stream
 
 METHODS = ("elbo", "is-guide", "is-prior", "exact")
-DEFAULT_BUDGET = 1 << 30
+#: default chunk budget per device type: on CPU, chunks that stay near the caches are fastest
+#: (digits vae, K=1000: 64 MiB 1.39 s, 256 MiB 1.68 s, 1 GiB 1.84 s); a GPU wants large chunks.
+DEFAULT_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +100,7 @@ def estimate(
     scope: Optional[str] = None,
     seed: int = 0,
     device: Any = "cpu",
-    memory_budget: int = DEFAULT_BUDGET,
+    memory_budget: Optional[int] = None,
     fixed: Optional[Dict[str, torch.Tensor]] = None,
     quadrature_points: int = 64,
 ) -> Estimate:
@@ -112,7 +114,8 @@ def estimate(
     :param seed: seeds the particles.
     :param device: ``"cpu"`` or ``"cuda"``.
     :param memory_budget: bytes one chunk of particles may allocate; K is processed in chunks
-        with streaming reductions, so any K runs in this budget.
+        with streaming reductions, so any K runs in this budget. Default: ``DEFAULT_BUDGET``
+        for the device (64 MiB on CPU, 1 GiB on CUDA).
     :param fixed: values of global latents to hold fixed in local scope.
     :param quadrature_points: grid points per latent axis for the quadrature reference.
     """
@@ -124,6 +127,10 @@ def estimate(
         raise ValueError(f"scope must be 'local', 'global' or None, got {scope!r}")
     tgt = as_target(target)
     dev = resolve_device(device)
+    if memory_budget is None:
+        memory_budget = DEFAULT_BUDGET.get(dev.type, DEFAULT_BUDGET["cpu"])
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     data = as_data(tgt, data, dev)
     mpn = tgt.plate_nesting(data)
     local_names, global_names = latent_sites(tgt, data)

@@ -43,7 +43,8 @@ class WeightStats:
         self.num_samples = num_samples
         self.keep = min(num_samples, tail_length(num_samples) + 1)
         self.count = 0
-        self.lse = self.lse2 = self.shift = self.s1 = self.s2 = self.top = None
+        self.lse = self.lse2 = self.shift = self.s1 = self.s2 = self._top = None
+        self._pending: list = []  # chunks not yet merged into the tail (merging is a topk)
 
     def update(self, log_w: torch.Tensor) -> None:
         lw = log_w.detach().to(torch.float64)
@@ -55,15 +56,28 @@ class WeightStats:
             self.lse2 = self.lse.clone()
             self.s1 = torch.zeros_like(self.shift)
             self.s2 = torch.zeros_like(self.shift)
-            self.top = lw.new_empty((0,) + self.shift.shape)
+            self._top = lw.new_empty((0,) + self.shift.shape)
         self.count += lw.shape[0]
         self.lse = torch.logaddexp(self.lse, lw.logsumexp(0))
         self.lse2 = torch.logaddexp(self.lse2, (2 * lw).logsumexp(0))
         d = lw - self.shift
         self.s1 += d.sum(0)
         self.s2 += (d * d).sum(0)
-        merged = torch.cat([self.top, lw], 0)
-        self.top = merged.topk(min(self.keep, merged.shape[0]), dim=0).values
+        self._pending.append(lw)
+        if sum(len(p) for p in self._pending) >= 4 * self.keep:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            merged = torch.cat([self._top] + self._pending, 0)
+            self._top = merged.topk(min(self.keep, merged.shape[0]), dim=0).values
+            self._pending = []
+
+    @property
+    def top(self) -> torch.Tensor:
+        """The ``M + 1`` largest log weights per datapoint, ``[M+1, B]``, descending."""
+        self._merge()
+        return self._top
 
     def log_mean(self) -> torch.Tensor:
         return self.lse - math.log(self.count)
