@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import pyro
 import torch
@@ -21,25 +20,9 @@ import torch.nn.functional as F
 
 import inference
 import zoo
+from common import timed
 from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats, pareto_khat, tail_length
-
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats, device):
-    fn()  # warm-up
-    sync(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return value, out
 
 
 def hand_written(entry, x, K, chunk, data_chunk):

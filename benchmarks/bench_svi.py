@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pyro
 import torch
@@ -20,24 +19,14 @@ from pyro.infer import SVI, JitTrace_ELBO
 
 import inference
 import zoo
+from common import timed
 from inference.target import SubsampleAt, subsampled
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def per_step(run, steps, repeats, device):
-    run(5)  # warm-up (and the JIT's tracing)
-    sync(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(steps)
-        sync(device)
-        out.append((time.perf_counter() - t0) / steps)
-    return out
+    run(5)  # warm-up (and the JIT's tracing) beyond timed()'s own
+    _, times = timed(lambda: run(steps), repeats, device)
+    return [t / steps for t in times]
 
 
 def batches(n, b, device, seed=0):

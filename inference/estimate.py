@@ -181,7 +181,7 @@ def _sampled(tgt, data, method, K, scope, mpn, fixed, budget) -> Dict[str, Any]:
         value = torch.cat([s.log_mean() for s in stats])
         err = torch.cat([s.is_stderr() for s in stats])
     ess = torch.cat([s.ess() for s in stats])
-    khat = torch.cat([pareto_khat(s.top, K, budget) for s in stats])
+    khat = pareto_khat(torch.cat([s.top for s in stats], 1), K, budget)
     fields = dict(
         num_samples=K,
         log_evidence=float(value.sum()),

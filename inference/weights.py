@@ -154,19 +154,24 @@ def bytes_allocated(fn: Callable[[], Any]) -> Tuple[Any, int]:
     return out, counter.bytes
 
 
+MIN_DATA_CHUNK = 64
+
+
 def plan_chunks(
     num_samples: int, num_datapoints: Optional[int], bytes_per_unit: float, budget: int
 ) -> Tuple[int, int]:
     """``(particles, datapoints)`` per chunk so that a chunk's allocations fit ``budget``.
 
     ``bytes_per_unit`` is per particle-datapoint pair (local) or per particle (global,
-    ``num_datapoints=None``). Prefers all datapoints at once, then as many particles as fit.
+    ``num_datapoints=None``). Local chunks hold at least ``MIN_DATA_CHUNK`` datapoints (where
+    the budget allows) and give the rest to particles: the guide runs once per chunk, so an
+    amortized encoder is shared by all the chunk's particles.
     """
     units = max(1, int(budget // max(bytes_per_unit, 1.0)))
     if num_datapoints is None:
         return min(num_samples, units), 0
-    data_chunk = min(num_datapoints, units)
-    return min(num_samples, max(1, units // data_chunk)), data_chunk
+    particles = min(num_samples, max(1, units // min(num_datapoints, MIN_DATA_CHUNK)))
+    return particles, min(num_datapoints, max(1, units // particles))
 
 
 def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device):
