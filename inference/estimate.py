@@ -45,6 +45,7 @@ from typing import Any, Dict, Optional
 
 import pyro
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from inference.exact import exact_estimate, latent_sites, point_estimate
 from inference.replay import guide_log_density, log_weights
@@ -219,8 +220,7 @@ def _symmetrisation(tgt, data, count, guide_tr, mpn) -> torch.Tensor:
     values = {
         name: site["value"]
         for name, site in guide_tr.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and name != "_particles"
-        and type(site["fn"]).__name__ != "_Subsample"
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     }
     sizes = {values[n].shape[d] for n, d in tgt.symmetries.items() if n in values}
     if len(sizes) != 1:

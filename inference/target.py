@@ -107,7 +107,8 @@ def resolve_device(device: Any) -> torch.device:
 
 
 def as_data(target: Target, data: Any, device: Any = "cpu") -> Data:
-    """Check ``data`` (a tensor or a tuple of tensors) for ``target`` and move it to ``device``."""
+    """Check ``data`` (a tensor or a tuple of tensors) for ``target``; move it and the target's
+    networks to ``device``."""
     dev = resolve_device(device)
     data = tuple(data) if isinstance(data, (tuple, list)) else (data,)
     target.check_data(data)
