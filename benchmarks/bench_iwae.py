@@ -10,7 +10,6 @@ warm-up. Prints a markdown table for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
-from common import timed
+from common import parser, timed
 from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats, pareto_khat, tail_length
 
@@ -60,11 +59,8 @@ def pyro_importance(entry, x, K, subset):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true")
+    p = parser(__doc__, repeats=5)
     p.add_argument("-K", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget", type=int, default=None, help="bytes; default: the library's")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N random 784-pixel binary images instead of the digits")

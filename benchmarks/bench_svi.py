@@ -9,7 +9,6 @@ ratios are to the hand-written loop's median, all measured in one run.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import pyro
@@ -19,7 +18,7 @@ from pyro.infer import SVI, JitTrace_ELBO
 
 import inference
 import zoo
-from common import timed
+from common import parser, timed
 from inference.target import SubsampleAt, subsampled
 
 
@@ -80,11 +79,8 @@ def run_jit(entry, x, b, lr, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true")
+    p = parser(__doc__, repeats=3)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     dev = inference.target.resolve_device(args.device)
     if args.quick:

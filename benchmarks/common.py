@@ -24,3 +24,14 @@ def timed(fn, repeats: int, device):
         sync(device)
         out.append(time.perf_counter() - t0)
     return value, out
+
+
+def parser(doc: str, repeats: int):
+    """The options every benchmark takes: ``--device``, ``--quick``, ``--repeats``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="a small run, for a smoke test")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed runs after a warm-up")
+    return p
