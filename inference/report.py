@@ -36,6 +36,7 @@ import pyro
 import torch
 
 import zoo
+from inference.estimate import METHODS
 from inference.io import write_text, write_with
 from inference.model_plots import MODEL_PLOTS
 
@@ -45,7 +46,6 @@ SUMMARY_FILE = "summary.md"
 CONFIG_FILE = "config.json"
 SKIPPED_FILE = "skipped.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-METHODS = ("elbo", "is-guide", "is-prior", "exact")
 
 
 class UsageError(Exception):
