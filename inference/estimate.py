@@ -45,10 +45,9 @@ from typing import Any, Dict, Optional
 
 import pyro
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from inference.exact import exact_estimate, latent_sites, point_estimate
-from inference.replay import guide_log_density, log_weights
+from inference.replay import guide_log_density, log_weights, sample_sites
 from inference.target import as_data, as_target, num_datapoints, resolve_device
 from inference.weights import pareto_khat, stream
 
@@ -202,9 +201,7 @@ def _check_proposal(tgt, data, mpn, local, fixed) -> None:
     idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if local else None
     _, _, guide_tr = log_weights(tgt, data, 1, max_plate_nesting=mpn, local=local,
                                  indices=idx, fixed=fixed, with_traces=True)
-    for name, site in guide_tr.nodes.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
+    for name, site in sample_sites(guide_tr, latent_only=True):
         fn = site["fn"]
         while hasattr(fn, "base_dist"):
             fn = fn.base_dist
@@ -217,11 +214,7 @@ def _check_proposal(tgt, data, mpn, local, fixed) -> None:
 
 def _symmetrisation(tgt, data, count, guide_tr, mpn) -> torch.Tensor:
     """``log q(θ) - log q_s(θ)`` for the symmetrised proposal (module docstring)."""
-    values = {
-        name: site["value"]
-        for name, site in guide_tr.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    }
+    values = {name: site["value"] for name, site in sample_sites(guide_tr, latent_only=True)}
     sizes = {values[n].shape[d] for n, d in tgt.symmetries.items() if n in values}
     if len(sizes) != 1:
         raise ValueError(f"symmetric sites {dict(tgt.symmetries)} disagree on the number of components")

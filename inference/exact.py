@@ -23,9 +23,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 
-from inference.replay import in_plate, log_weights
+from inference.replay import in_plate, log_weights, sample_sites
 from inference.target import SubsampleAt, Target, num_datapoints, subsampled
 from inference.weights import stream
 
@@ -47,9 +46,8 @@ def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
     with poutine.block(), torch.no_grad():
         tr = _trace(tgt.model, data, _first(data) if tgt.data_plate else None, tgt.data_plate)
     local, glob = [], []
-    for name, site in tr.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
+    for name, site in sample_sites(tr, latent_only=True):
+        (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
     return local, glob
 
 
@@ -84,10 +82,7 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
     with torch.no_grad():
         tr = _trace(poutine.condition(tgt.model, fixed) if fixed else tgt.model, data,
                     _first(data), tgt.data_plate)
-    latents = [
-        s for s in tr.nodes.values()
-        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
-    ]
+    latents = [site for _, site in sample_sites(tr, latent_only=True)]
     if latents and all(s["fn"].has_enumerate_support for s in latents):
         per, diag = _enumerate(tgt, data, mpn, fixed), {}
     elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2):
@@ -113,9 +108,7 @@ def _enumerate(tgt, data, mpn, fixed) -> torch.Tensor:
     model = config_enumerate(poutine.condition(tgt.model, fixed) if fixed else tgt.model, "parallel")
     tr = poutine.trace(poutine.enum(model, first_available_dim=-(mpn + 1))).get_trace(*data)
     total = torch.zeros(())
-    for name, site in tr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for name, site in sample_sites(tr):
         data_dim = in_plate(site, tgt.data_plate)
         if data_dim is None:
             continue  # fixed globals: constant per datapoint

@@ -37,10 +37,13 @@ from inference.target import SubsampleAt, Target, subsampled
 PARTICLES = "_particles"
 
 
-def _latent_sites(trace) -> Iterable[Tuple[str, Dict[str, Any]]]:
+def sample_sites(trace, latent_only: bool = False) -> Iterable[Tuple[str, Dict[str, Any]]]:
+    """``(name, site)`` of a trace's sample sites, plates' subsample sites left out; with
+    ``latent_only``, the unobserved ones alone."""
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site_is_subsample(site):
-            yield name, site
+            if not (latent_only and site["is_observed"]):
+                yield name, site
 
 
 def in_plate(site: Dict[str, Any], plate: Optional[str]) -> Optional[int]:
@@ -135,7 +138,7 @@ def log_weights(
     ndim = -dim
     density = dict(local=local, ndim=ndim, data_plate=target.data_plate)
     total = 0.0
-    for name, site in _latent_sites(model_tr):
+    for name, site in sample_sites(model_tr):
         if local and not _check_local_site(name, site, target.data_plate, "model"):
             continue
         observed = site["is_observed"] or (proposal == "values" and name in values)
@@ -149,9 +152,7 @@ def log_weights(
             )
         total = total + _site_log_density(site, **density)
     if guide_tr is not None:
-        for name, site in _latent_sites(guide_tr):
-            if site["is_observed"]:
-                continue
+        for name, site in sample_sites(guide_tr, latent_only=True):
             if local and not _check_local_site(name, site, target.data_plate, "guide"):
                 continue
             if name not in model_tr.nodes and not site["infer"].get("is_auxiliary"):
@@ -177,7 +178,7 @@ def guide_log_density(
     guide = _vectorized(target.guide, num_particles, dim)
     tr = poutine.trace(poutine.condition(guide, values)).get_trace(*data)
     total = 0.0
-    for name, site in _latent_sites(tr):
+    for name, site in sample_sites(tr):
         if name in values:
             total = total + _site_log_density(site, local=False, ndim=-dim, data_plate=None)
     return total
