@@ -10,6 +10,8 @@ import numpy as np
 import pyro
 import torch
 
+from inference.teaching import responsibilities
+
 
 def _guide_site(entry, data, site: str):
     """The guide's distribution at ``site`` on the full data (params from the param store)."""
@@ -35,10 +37,6 @@ def _deep_latent_plots(entry, data):
     fig.tight_layout()
     figs["latent"] = fig
 
-    def probs(z):
-        out = entry.decoder(z)
-        return torch.sigmoid(out) if entry.likelihood == "bernoulli" else out
-
     side = int(round(math.sqrt(x.shape[1])))
     if side * side != x.shape[1]:
         return figs
@@ -46,7 +44,7 @@ def _deep_latent_plots(entry, data):
         n = 12
         axis = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.04, 0.96, n))
         grid = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
-        tiles = torch.nn.functional.pad(probs(grid).reshape(n, n, side, side), (0, 1, 0, 1))
+        tiles = torch.nn.functional.pad(entry.mean_pixels(grid).reshape(n, n, side, side), (0, 1, 0, 1))
         imgs = tiles.permute(0, 2, 1, 3).reshape(n * (side + 1), n * (side + 1))
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.imshow(imgs.numpy(), cmap="gray_r", vmin=0, vmax=1)
@@ -55,7 +53,7 @@ def _deep_latent_plots(entry, data):
         fig.tight_layout()
         figs["decoded"] = fig
     m = min(10, len(x))
-    pairs = (x[:m].numpy(), probs(z[:m]).numpy())
+    pairs = (x[:m].numpy(), entry.mean_pixels(z[:m]).numpy())
     fig, axes = plt.subplots(2, m, figsize=(1.1 * m, 2.6), squeeze=False)
     for i in range(m):
         for row, imgs in enumerate(pairs):
@@ -79,8 +77,7 @@ def _gmm_plots(entry, data):
     w, locs = p["weights"].cpu(), p["locs"].cpu()
     sd = p["variances"].cpu().sqrt().expand_as(locs)
     comp = torch.distributions.Normal(locs[:, :2], sd[:, :2])
-    resp = w.log() + torch.distributions.Normal(locs, sd).log_prob(x[:, None, :]).sum(-1)
-    lab = resp.argmax(-1)
+    lab = responsibilities(x, p).argmax(-1)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     if x.shape[1] < 2:
         g = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)

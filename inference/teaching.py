@@ -241,8 +241,7 @@ def encode(entry, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{entry!r} has no encoder; encode needs an amortized guide (zoo 'vae')")
     dev = next(entry.encoder.parameters()).device
     with torch.no_grad():
-        loc, s = entry.encoder(x.to(dev)).split(entry.latent_dim, dim=-1)
-        return loc, torch.nn.functional.softplus(s) + entry.min_scale
+        return entry.encode(x.to(dev))
 
 
 def decode(entry, z: torch.Tensor) -> torch.Tensor:
@@ -250,8 +249,7 @@ def decode(entry, z: torch.Tensor) -> torch.Tensor:
     probabilities ``sigmoid(logits)``; Gaussian: the mean), for ``z`` of shape ``[..., L]``."""
     dev = next(entry.decoder.parameters()).device
     with torch.no_grad():
-        out = entry.decoder(z.to(dev))
-        return torch.sigmoid(out) if entry.likelihood == "bernoulli" else out
+        return entry.mean_pixels(z.to(dev))
 
 
 def interpolate(entry, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8) -> torch.Tensor:

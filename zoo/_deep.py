@@ -208,6 +208,11 @@ class DeepLatentModel(ZooModel):
             z = pyro.sample("z", prior)
             pyro.sample("x", self._likelihood(self.decoder(z)), obs=x[idx])
 
+    def mean_pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """``E[x | z]``: the Bernoulli probabilities, or the Gaussian mean (already in [0, 1])."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
     def networks(self) -> Dict[str, nn.Module]:
         return {"decoder": self.decoder}
 

@@ -81,8 +81,13 @@ class VAE(DeepLatentModel):
     def guide(self, x: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
         with pyro.plate(self.data_plate, x.shape[0], dim=-1) as idx:
-            loc, s = self.encoder(x[idx]).split(self.latent_dim, dim=-1)
-            pyro.sample("z", dist.Normal(loc, softplus(s) + self.min_scale).to_event(1))
+            loc, scale = self.encode(x[idx])
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def encode(self, x: torch.Tensor):
+        """The guide's mean and standard deviation of ``q(z | x)``, each ``[..., L]``."""
+        loc, s = self.encoder(x).split(self.latent_dim, dim=-1)
+        return loc, softplus(s) + self.min_scale
 
     def networks(self) -> Dict[str, nn.Module]:
         return {"decoder": self.decoder, "encoder": self.encoder}
