@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import inference
-from inference.weights import WeightStats, pareto_khat
+from inference.weights import WeightStats, pareto_khat, plan_chunks
 from toy import (
     global_exact,
     global_guide,
@@ -184,3 +184,19 @@ def test_bad_inputs_raise_clear_errors():
         inference.estimate((local_model, empty_guide), x, method="is-guide")
     # the prior proposal needs no guide site
     inference.estimate((local_model, empty_guide), x, method="is-prior", num_samples=4)
+
+
+def test_chunk_plan_fits_the_budget_and_is_even():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        K, N = int(rng.integers(1, 10**5)), int(rng.integers(1, 5000))
+        per_unit, budget = float(rng.uniform(10, 1e4)), int(rng.integers(1, 1 << 28))
+        for n in (N, None):
+            kc, bc = plan_chunks(K, n, per_unit, budget)
+            cells = kc * (bc if n else 1)
+            assert 1 <= kc <= K and (n is None or 1 <= bc <= n)
+            assert cells * per_unit <= budget or cells == 1
+            for total, size in ((K, kc), (n, bc)):
+                if total:  # every chunk but the last is full, and the last is not much smaller
+                    count = -(-total // size)
+                    assert total - (count - 1) * size > size - count
