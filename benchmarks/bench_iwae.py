@@ -2,7 +2,8 @@
 vs a hand-written PyTorch IWAE evaluator of the same networks and chunking vs
 ``pyro.infer.Importance`` run per datapoint (timed on a subset, extrapolated).
 
-    python benchmarks/bench_iwae.py [--device cpu|cuda] [--quick] [-K 1000] [--repeats 5]
+    python benchmarks/bench_iwae.py [--device cpu|cuda] [--quick] [-K 100 -K 1000] [--repeats 5]
+                                     [--synthetic N] [--budget BYTES]
 
 Every comparison is measured in one run; times are min/median/max over repeats after a
 warm-up. Prints a markdown table for benchmarks/RESULTS.md.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
-from common import parser, timed
+from common import environment, interleaved, parser, timed
 from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats, pareto_khat, tail_length
 
@@ -60,7 +61,8 @@ def pyro_importance(entry, x, K, subset):
 
 def main(argv=None):
     p = parser(__doc__, repeats=5)
-    p.add_argument("-K", type=int, default=1000)
+    p.add_argument("-K", type=int, action="append", help="particles per datapoint; repeatable "
+                   "(default 1000)")
     p.add_argument("--budget", type=int, default=None, help="bytes; default: the library's")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N random 784-pixel binary images instead of the digits")
@@ -75,16 +77,30 @@ def main(argv=None):
         entry = zoo.get("vae", latent_dim=2)
         (x,) = entry.load_data(device=dev)
     entry.to(dev)
+    Ks = args.K or [1000]
     if args.quick:
-        x, args.K, args.repeats = x[:300], min(args.K, 200), 2
-    N, K = x.shape[0], args.K
+        x, Ks, args.repeats = x[:300], [min(K, 200) for K in Ks], 2
     pyro.clear_param_store()
+    print(f"{environment()}; budget {args.budget >> 20} MiB\n")
+    print("| case | N | K | chunk | min s | median s | max s | ratio to hand-written (median) | "
+          "evaluations/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for K in Ks:
+        one_K(entry, x, K, args, dev)
 
-    est, t_ours = timed(lambda: inference.estimate(entry, (x,), "is-guide", K, device=dev,
-                                                   memory_budget=args.budget), args.repeats, dev)
-    # the same chunks as ours
-    chunk, data_chunk = est.diagnostics["chunk_particles"], est.diagnostics["chunk_datapoints"]
-    ref, t_hand = timed(lambda: hand_written(entry, x, K, chunk, data_chunk), args.repeats, dev)
+
+def one_K(entry, x, K, args, dev):
+    N = x.shape[0]
+
+    def ours():
+        return inference.estimate(entry, (x,), "is-guide", K, device=dev, memory_budget=args.budget)
+
+    # the hand-written evaluator uses the chunks that the library plans for this budget
+    plan = ours().diagnostics
+    chunk, data_chunk = plan["chunk_particles"], plan["chunk_datapoints"]
+    values, times = interleaved(
+        {"ours": ours, "hand": lambda: hand_written(entry, x, K, chunk, data_chunk)},
+        args.repeats, dev)
     # the diagnostics' share: the PSIS k-hat, which the hand-written loop does not compute
     top = torch.randn(tail_length(K) + 1, N, dtype=torch.float64).sort(0, descending=True).values
     _, t_khat = timed(lambda: pareto_khat(top, K, args.budget), args.repeats, "cpu")
@@ -92,20 +108,18 @@ def main(argv=None):
     _, t_imp = timed(lambda: pyro_importance(entry, x, K, subset), 1, dev)
     imp_total = min(t_imp) / subset * N
 
-    diff = float((est.per_datapoint - ref).abs().mean())
     med = statistics.median
-    print("| case | N | K | min s | median s | max s | ratio to hand-written (median) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, ts in (("inference.estimate is-guide", t_ours), ("hand-written PyTorch", t_hand)):
-        print(f"| {name} | {N} | {K} | {min(ts):.3f} | {med(ts):.3f} | {max(ts):.3f} | "
-              f"{med(ts) / med(t_hand):.2f} |")
-    print(f"| of which PSIS k-hat | {N} | {K} | {min(t_khat):.3f} | {med(t_khat):.3f} | "
-          f"{max(t_khat):.3f} | {med(t_khat) / med(t_hand):.2f} |")
-    print(f"| pyro.infer.Importance per datapoint (extrapolated from {subset}) | {N} | {K} | "
-          f"{imp_total:.1f} | | | {imp_total / med(t_hand):.0f} |")
-    print(f"\nchunk: {chunk} particles x {data_chunk} datapoints; budget {args.budget >> 20} MiB")
-    print(f"speed-up over Importance: {imp_total / med(t_ours):.0f}x; "
-          f"mean |ours - hand-written| per datapoint = {diff:.3f} nats (different draws)")
+    ref = med(times["hand"])
+    rows = (("inference.estimate is-guide", times["ours"]), ("hand-written PyTorch", times["hand"]),
+            ("of which PSIS k-hat", t_khat))
+    for name, ts in rows:
+        print(f"| {name} | {N} | {K} | {chunk} x {data_chunk} | {min(ts):.3f} | {med(ts):.3f} | "
+              f"{max(ts):.3f} | {med(ts) / ref:.2f} | {N * K / med(ts):.3g} |")
+    print(f"| pyro.infer.Importance per datapoint (extrapolated from {subset}) | {N} | {K} | | "
+          f"{imp_total:.1f} | | | {imp_total / ref:.0f} | {N * K / imp_total:.3g} |")
+    diff = float((values["ours"].per_datapoint - values["hand"]).abs().mean())
+    print(f"<!-- K={K}: {imp_total / med(times['ours']):.0f}x faster than Importance; mean "
+          f"|ours - hand-written| per datapoint = {diff:.3f} nats (different draws) -->")
 
 
 if __name__ == "__main__":

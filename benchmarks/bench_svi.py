@@ -3,13 +3,14 @@ loop with the same networks, optimiser and minibatches vs Pyro's ``JitTrace_ELBO
 
     python benchmarks/bench_svi.py [--device cpu|cuda] [--quick] [--steps 200] [--repeats 3]
 
-Times are per step (min/median/max over repeats of ``--steps`` steps, after a warm-up);
-ratios are to the hand-written loop's median, all measured in one run.
+Times are per step (min/median/max over repeats of ``--steps`` steps, after a warm-up; the
+cases take turns); ratios are to the hand-written loop's median, all measured in one run.
 """
 
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import pyro
 import torch
@@ -18,14 +19,8 @@ from pyro.infer import SVI, JitTrace_ELBO
 
 import inference
 import zoo
-from common import parser, timed
+from common import environment, interleaved, parser
 from inference.target import SubsampleAt, subsampled
-
-
-def per_step(run, steps, repeats, device):
-    run(5)  # warm-up (and the JIT's tracing) beyond timed()'s own
-    _, times = timed(lambda: run(steps), repeats, device)
-    return [t / steps for t in times]
 
 
 def batches(n, b, device, seed=0):
@@ -91,14 +86,20 @@ def main(argv=None):
     print("| batch | case | min ms/step | median ms/step | max ms/step | ratio to hand-written |")
     print("| --- | --- | --- | --- | --- | --- |")
     for b in (128, 1024):
-        times = {name: per_step(make(entry, x, b, 1e-3, dev), args.steps, args.repeats, dev)
-                 for name, make in (("hand-written PyTorch", run_hand), ("inference.fit", run_fit),
-                                    ("JitTrace_ELBO", run_jit))}
-        ref = statistics.median(times["hand-written PyTorch"])
+        runs = {name: make(entry, x, b, 1e-3, dev)
+                for name, make in (("hand-written PyTorch", run_hand), ("inference.fit", run_fit),
+                                   ("JitTrace_ELBO", run_jit))}
+        for run in runs.values():
+            run(5)  # warm-up beyond interleaved()'s own (and the JIT's tracing)
+        _, times = interleaved({name: partial(run, args.steps) for name, run in runs.items()},
+                               args.repeats, dev)
+        ref = statistics.median(times["hand-written PyTorch"]) / args.steps
         for name, ts in times.items():
+            ts = [t / args.steps for t in ts]
             med = statistics.median(ts)
             print(f"| {b} | {name} | {1e3 * min(ts):.2f} | {1e3 * med:.2f} | {1e3 * max(ts):.2f} | "
                   f"{med / ref:.2f} |")
+    print(f"\n{environment()}")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,34 @@ def sync(device) -> None:
 
 def timed(fn, repeats: int, device):
     """``fn()`` once to warm up, then ``repeats`` times; returns its last value and the times."""
-    fn()
+    values, times = interleaved({"fn": fn}, repeats, device)
+    return values["fn"], times["fn"]
+
+
+def interleaved(cases, repeats: int, device):
+    """Time several cases round-robin: each once to warm up, then ``repeats`` rounds of one run
+    of each. Interleaving gives every case the same machine and allocator state (glibc's heap
+    grows and shrinks with the chunk sizes: back-to-back runs of one case can be 1.5x faster
+    or slower than the same runs after another case). Returns their last values and times."""
+    values = {name: fn() for name, fn in cases.items()}
     sync(device)
-    out = []
+    times = {name: [] for name in cases}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return value, out
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            values[name] = fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return values, times
+
+
+def environment() -> str:
+    """One line naming what the timings depend on: torch, threads and allocator settings."""
+    import os
+
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"allocator settings {malloc or 'default'}")
 
 
 def parser(doc: str, repeats: int):

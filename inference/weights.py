@@ -151,9 +151,9 @@ def _gpd_shape(y: torch.Tensor) -> torch.Tensor:
     j = torch.arange(1, m + 1, dtype=y.dtype, device=y.device)
     quartile = y[:, int(n / 4 + 0.5) - 1 : int(n / 4 + 0.5)]
     b = 1 / y[:, -1:] + (1 - (m / (j - 0.5)).sqrt()) / (3 * quartile)  # [rows, m]
-    k = torch.log1p(-b.unsqueeze(-1) * y.unsqueeze(-2)).mean(-1)
+    k = (b.unsqueeze(-1) * -y.unsqueeze(-2)).log1p_().mean(-1)  # [rows, m]
     profile = n * ((-b / k).log() - k - 1)
-    weight = 1 / (profile.unsqueeze(-2) - profile.unsqueeze(-1)).exp().sum(-1)
+    weight = profile.softmax(-1)  # 1 / sum_i exp(profile_i - profile_j)
     weight = torch.where(weight >= 10 * torch.finfo(y.dtype).eps, weight, 0.0)
     b_post = (b * weight).sum(-1) / weight.sum(-1)
     k_post = torch.log1p(-b_post.unsqueeze(-1) * y).mean(-1)
