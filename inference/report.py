@@ -214,6 +214,32 @@ def read_config(folder: os.PathLike) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- fitting
+def fit_config(entry, job: Job, *, data_path: Optional[str], seed: int, device: str) -> Dict:
+    """What ``config.json`` records of a fit: everything needed to repeat it."""
+    return {
+        "model": entry.name, "options": job.options, "data": data_path, "subset": job.subset,
+        "scope": job.scope, "estimate_options": job.estimate_options,
+        "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
+                "batch_size": job.batch_size, "seed": seed, "device": device},
+    }
+
+
+def check_resumable(previous: Dict[str, Any], config: Dict[str, Any], folder: Path) -> None:
+    """A fit continues only with the settings it started with (the device may change)."""
+    def flat(c):
+        c = json.loads(json.dumps(c))  # as config.json holds it: tuples become lists
+        fit = {f"--{k.replace('_', '-')}": v for k, v in c.get("fit", {}).items()
+               if k in ("steps", "lr", "lr_decay", "batch_size", "seed")}
+        return {"MODEL": c.get("model"), "--option": c.get("options"), "--data": c.get("data"),
+                "--subset": c.get("subset"), **fit}
+
+    old, new = flat(previous), flat(config)
+    differ = [f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k]]
+    if differ:
+        raise UsageError(f"--resume: {folder} holds a fit with other settings ({'; '.join(differ)}"
+                         "); rerun with its settings or choose a new --out")
+
+
 def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,
               seed: int = 0, device: str = "cpu", progress: bool = False,
               echo: Callable[[str], None] = print):
@@ -222,12 +248,7 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
     import inference
     from inference.plots import plot_losses
 
-    config = {
-        "model": entry.name, "options": job.options, "data": data_path, "subset": job.subset,
-        "scope": job.scope, "estimate_options": job.estimate_options,
-        "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
-                "batch_size": job.batch_size, "seed": seed, "device": device},
-    }
+    config = fit_config(entry, job, data_path=data_path, seed=seed, device=device)
     write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
     optim = pyro.optim.ClippedAdam({"lr": job.lr, "lrd": job.lr_decay ** (1 / max(job.steps, 1))})
     result = inference.fit(entry, data, steps=job.steps, optim=optim, batch_size=job.batch_size,

@@ -201,6 +201,55 @@ def test_interrupt_then_resume_finishes_without_recomputing(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------- list, fit, estimate
+def test_fit_interrupted_then_resumed_equals_an_uninterrupted_fit(tmp_path, monkeypatch):
+    argv = ["fit", "map_l2", "--steps", "200", "--seed", "3", "--no-progress"]
+    rc, _, stderr = run_main(argv + ["--out", tmp_path / "whole"])
+    assert rc == 0, stderr
+
+    # Ctrl-C right after the first checkpoint (step 50 of 200)
+    svi_module = importlib.import_module("inference.svi")
+    real = svi_module._checkpoint
+
+    def checkpoint_then_stop(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(svi_module, "_checkpoint", checkpoint_then_stop)
+    rc, _, stderr = run_main(argv + ["--out", out])
+    monkeypatch.undo()
+    assert rc == 130 and "--resume" in stderr and str(out) in stderr
+    assert (out / report.CHECKPOINT_FILE).is_file() and not (out / "state.pt").exists()
+
+    rc, _, stderr = run_main(argv + ["--out", out])
+    assert rc == 2 and "--resume" in stderr
+    rc, _, stderr = run_main(["fit", "map_l2", "--steps", "300", "--seed", "3", "--out", out,
+                              "--resume"])
+    assert rc == 2 and "--steps was 200, now 300" in stderr and len(stderr.splitlines()) == 1
+    steps = []  # the checkpoints the resumed fit writes: it starts at step 50, not at 0
+
+    def record(*args):
+        steps.append(args[4])
+        real(*args)
+
+    monkeypatch.setattr(svi_module, "_checkpoint", record)
+    rc, stdout, stderr = run_main(argv + ["--out", out, "--resume"])
+    monkeypatch.undo()
+    assert rc == 0, stderr
+    assert "continuing from" in stdout and not (out / report.CHECKPOINT_FILE).exists()
+    assert steps[0] == 100 and steps[-1] == 200
+
+    whole, cut = (torch.load(d / "state.pt", weights_only=False)["state"]
+                  for d in (tmp_path / "whole", out))
+    assert whole["params"].keys() == cut["params"].keys() and whole["params"]
+    for key in whole["params"]:
+        torch.testing.assert_close(cut["params"][key], whole["params"][key], rtol=0, atol=0)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "losses.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "losses.csv"))
+    rc, stdout, _ = run_main(argv + ["--out", out, "--resume"])
+    assert rc == 0 and "nothing to do" in stdout
+
+
 def test_list_prints_every_model():
     rc, stdout, _ = run_main(["list"])
     assert rc == 0

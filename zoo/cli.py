@@ -2,7 +2,7 @@
 
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
-              [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...]
+              [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
 
@@ -12,7 +12,8 @@ compare job's for that model (:data:`inference.report.JOBS`).
 
 Every check that can fail (model, method, options, data, device, output directory) runs
 before any long work and ends the command with one line on stderr and exit status 2.
-Ctrl-C keeps what is finished (exit status 130); ``compare --resume`` continues from it.
+Ctrl-C keeps what is finished (exit status 130); ``compare --resume`` continues from it, and
+``fit --resume`` continues a fit from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -87,7 +88,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     entry = report.make_entry(args.model, job.options)
     data_path = None if args.data is None else _data_arg(args.data)
     data = report.load_data(entry, data_path, job.subset, args.device)
-    out = report.prepare_out(args.out, marker=report.CONFIG_FILE, can_resume=False)
+    out = report.prepare_out(args.out, marker=report.CONFIG_FILE, resume=args.resume)
+    if args.resume and (out / report.CONFIG_FILE).exists():
+        config = report.fit_config(entry, job, data_path=data_path, seed=args.seed,
+                                   device=args.device)
+        report.check_resumable(report.read_config(out), config, out)
+        if (out / "state.pt").is_file():
+            _echo(f"{out} holds a finished fit; nothing to do; next: {PROG} estimate {out}")
+            return 0
+        if (out / report.CHECKPOINT_FILE).is_file():
+            _echo(f"continuing from {out / report.CHECKPOINT_FILE}")
     report.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
                      device=args.device, progress=_progress(args), echo=_echo)
     _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
@@ -146,6 +156,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_interrupted(out: str) -> str:
+    from inference.report import CHECKPOINT_FILE
+
+    if (Path(out) / CHECKPOINT_FILE).is_file():
+        return (f"the fit did not finish; its last checkpoint is in {out}: rerun the same "
+                "command with --resume to continue from it")
+    return "the fit did not finish; no fitted state was written"
+
+
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
@@ -180,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model constructor option, e.g. --option guide=gaussian K=4")
+    f.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fit in DIR from its last checkpoint (same "
+                        "settings; checkpoints every 10%% of the steps, at least 50)")
 
     e = sub.add_parser("estimate", parents=[common], help="estimate log p(x) of a fitted run")
     e.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit")
@@ -233,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         what = {
             "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                        "--resume to continue",
-            "fit": "the fit did not finish; no fitted state was written",
+            "fit": _fit_interrupted(getattr(args, "out", "")),
             "estimate": "no estimates were written",
         }.get(args.command, "")
         print(f"\n{PROG}: interrupted; {what}", file=sys.stderr)
