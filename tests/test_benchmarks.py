@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end (small settings) and print well-formed tables. Their
+timings are not checked: speed is measured in benchmarks/, never asserted in tests."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script, *args):
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def rows(stdout):
+    """Markdown table rows as lists of cells (header and rule lines left out)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_bench_iwae_quick():
+    table = rows(run("bench_iwae.py", "--quick", "-K", "50", "--repeats", "1"))
+    assert [r[0] for r in table][:3] == [
+        "inference.estimate is-guide", "hand-written PyTorch", "of which PSIS k-hat"]
+    assert table[1][7] == "1.00"  # ratios are to the hand-written evaluator
+    assert all(float(r[7]) > 0 for r in table)
+
+
+def test_bench_svi_quick():
+    table = rows(run("bench_svi.py", "--quick"))
+    assert {(r[0], r[1]) for r in table} == {
+        (b, c) for b in ("128", "1024")
+        for c in ("hand-written PyTorch", "inference.fit", "JitTrace_ELBO")}
+    assert all(float(r[5]) > 0 for r in table)
+
+
+@pytest.mark.slow
+def test_bench_memory_small():
+    table = rows(run("bench_memory.py", "--n", "20", "-K", "1", "-K", "200"))
+    assert [(r[0], r[1]) for r in table] == [("1", "20"), ("200", "20")]
+    assert all(float(r[3]) > 0 for r in table)
