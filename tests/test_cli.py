@@ -17,7 +17,7 @@ import torch
 
 import inference
 import zoo
-from inference import report
+from inference import jobs
 from inference.compare import COLUMNS
 from zoo.cli import main
 
@@ -39,7 +39,7 @@ def run_main(argv):
 
 def expected_cells(name, skipped=()):
     """(method, K, seed) rows the quick job owes for ``name``."""
-    job = report.job_for(name, quick=True)
+    job = jobs.job_for(name, quick=True)
     cells = {(m, k, s) for m in job.methods if m != "exact" and m not in skipped
              for k in job.num_samples for s in range(job.seeds)}
     if "exact" in job.methods and "exact" not in skipped:
@@ -122,7 +122,7 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
         assert sum("log p(x)" in ln for ln in lines) == len(groups)
     assert (out / "run.json").is_file()
     config = json.loads((out / "vae" / "config.json").read_text())
-    assert config["subset"] == 300 and config["fit"]["steps"] == report.job_for("vae", True).steps
+    assert config["subset"] == 300 and config["fit"]["steps"] == jobs.job_for("vae", True).steps
 
 
 def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
@@ -219,7 +219,7 @@ def test_fit_interrupted_then_resumed_equals_an_uninterrupted_fit(tmp_path, monk
     rc, _, stderr = run_main(argv + ["--out", out])
     monkeypatch.undo()
     assert rc == 130 and "--resume" in stderr and str(out) in stderr
-    assert (out / report.CHECKPOINT_FILE).is_file() and not (out / "state.pt").exists()
+    assert (out / jobs.CHECKPOINT_FILE).is_file() and not (out / "state.pt").exists()
 
     rc, _, stderr = run_main(argv + ["--out", out])
     assert rc == 2 and "--resume" in stderr
@@ -236,7 +236,7 @@ def test_fit_interrupted_then_resumed_equals_an_uninterrupted_fit(tmp_path, monk
     rc, stdout, stderr = run_main(argv + ["--out", out, "--resume"])
     monkeypatch.undo()
     assert rc == 0, stderr
-    assert "continuing from" in stdout and not (out / report.CHECKPOINT_FILE).exists()
+    assert "continuing from" in stdout and not (out / jobs.CHECKPOINT_FILE).exists()
     assert steps[0] == 100 and steps[-1] == 200
 
     whole, cut = (torch.load(d / "state.pt", weights_only=False)["state"]

@@ -11,7 +11,6 @@ The notebooks are stored without outputs or execution counts; the last test chec
 
 import ast
 import json
-import os
 import sys
 from pathlib import Path
 

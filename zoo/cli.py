@@ -8,7 +8,7 @@
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
-compare job's for that model (:data:`inference.report.JOBS`).
+compare job's for that model (:data:`inference.jobs.JOBS`).
 
 Every check that can fail (model, method, options, data, device, output directory) runs
 before any long work and ends the command with one line on stderr and exit status 2.
@@ -39,7 +39,7 @@ def _echo(line: str) -> None:
 def _parse_options(items: Sequence[str]) -> Dict[str, Any]:
     """``["K=4", "guide=map", "hidden=(64,)"]`` -> ``{"K": 4, "guide": "map", "hidden": [64]}``:
     values are Python literals where they parse as one, else strings."""
-    from inference.report import UsageError
+    from inference.jobs import UsageError
 
     options: Dict[str, Any] = {}
     for item in items:
@@ -69,11 +69,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inference import report
+    from inference import jobs
 
-    report.check_models([args.model])
-    report.check_device(args.device)
-    base = report.job_for(args.model)
+    jobs.check_models([args.model])
+    jobs.check_device(args.device)
+    base = jobs.job_for(args.model)
     job = dataclasses.replace(
         base, options=_parse_options(args.option),
         steps=base.steps if args.steps is None else args.steps,
@@ -83,22 +83,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         subset=args.subset, scope=None, estimate_options={},
     )
     if job.steps < 1 or (job.batch_size is not None and job.batch_size < 1) or job.lr <= 0:
-        raise report.UsageError("--steps and --batch-size must be positive integers, --lr "
+        raise jobs.UsageError("--steps and --batch-size must be positive integers, --lr "
                                 "positive")
-    entry = report.make_entry(args.model, job.options)
+    entry = jobs.make_entry(args.model, job.options)
     data_path = None if args.data is None else _data_arg(args.data)
-    data = report.load_data(entry, data_path, job.subset, args.device)
-    out = report.prepare_out(args.out, marker=report.CONFIG_FILE, resume=args.resume)
-    if args.resume and (out / report.CONFIG_FILE).exists():
-        config = report.fit_config(entry, job, data_path=data_path, seed=args.seed,
+    data = jobs.load_data(entry, data_path, job.subset, args.device)
+    out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume)
+    if args.resume and (out / jobs.CONFIG_FILE).exists():
+        config = jobs.fit_config(entry, job, data_path=data_path, seed=args.seed,
                                    device=args.device)
-        report.check_resumable(report.read_config(out), config, out)
+        jobs.check_resumable(jobs.read_config(out), config, out)
         if (out / "state.pt").is_file():
             _echo(f"{out} holds a finished fit; nothing to do; next: {PROG} estimate {out}")
             return 0
-        if (out / report.CHECKPOINT_FILE).is_file():
-            _echo(f"continuing from {out / report.CHECKPOINT_FILE}")
-    report.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
+        if (out / jobs.CHECKPOINT_FILE).is_file():
+            _echo(f"continuing from {out / jobs.CHECKPOINT_FILE}")
+    jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
                      device=args.device, progress=_progress(args), echo=_echo)
     _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
     return 0
@@ -112,25 +112,26 @@ def _data_arg(path: str) -> str:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     import inference
-    from inference import report
+    from inference import jobs
     from inference.compare import summarise
+    from inference.estimate import METHODS
     from inference.io import write_with
 
-    methods = report.check_methods(args.method or report.METHODS)
+    methods = jobs.check_methods(args.method or METHODS)
     ks = args.K or [1, 10, 100, 1000]
     if min(ks) < 1 or args.seeds < 1:
-        raise report.UsageError("-K values and --seeds must be integers >= 1")
-    report.check_device(args.device)
+        raise jobs.UsageError("-K values and --seeds must be integers >= 1")
+    jobs.check_device(args.device)
     folder = Path(args.dir)
     if not folder.is_dir():
-        raise report.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
-    config = report.read_config(folder)
-    report.check_models([config["model"]])
+        raise jobs.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
+    config = jobs.read_config(folder)
+    jobs.check_models([config["model"]])
     if not (folder / "state.pt").is_file():
-        raise report.UsageError(f"{folder} holds no state.pt: the fit did not finish; "
+        raise jobs.UsageError(f"{folder} holds no state.pt: the fit did not finish; "
                                 "rerun ppzoo fit")
-    entry = report.make_entry(config["model"], config["options"])
-    data = report.load_data(entry, config.get("data"), config.get("subset"), args.device)
+    entry = jobs.make_entry(config["model"], config["options"])
+    data = jobs.load_data(entry, config.get("data"), config.get("subset"), args.device)
     inference.load_fit(entry, folder, device=args.device)
     df = inference.compare(
         entry, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
@@ -157,7 +158,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _fit_interrupted(out: str) -> str:
-    from inference.report import CHECKPOINT_FILE
+    from inference.jobs import CHECKPOINT_FILE
 
     if (Path(out) / CHECKPOINT_FILE).is_file():
         return (f"the fit did not finish; its last checkpoint is in {out}: rerun the same "
@@ -230,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from inference.report import UsageError
+    from inference.jobs import UsageError
 
     threads = torch.get_num_threads()
     try:
