@@ -234,12 +234,18 @@ def _even(total: int, size: int) -> int:
     return -(-total // -(-total // size))
 
 
-def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device):
-    """Run ``weights(start, count, indices)`` over all K particles in chunks planned from a measured
+def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device,
+           indices: Optional[torch.Tensor] = None):
+    """Run ``weights(start, count, idx)`` over all K particles in chunks planned from a measured
     pilot, one :class:`WeightStats` per chunk of datapoints (local, ``N`` given) or one in all.
+    ``indices`` restricts the datapoints to those (default: all ``N``).
     Returns the list of stats and the chunk plan ``(particles, datapoints)``."""
+    if N is not None and indices is None:
+        indices = torch.arange(N, device=device)
+    if indices is not None:
+        N = len(indices)
     k0 = min(K, 8)
-    idx0 = None if N is None else torch.arange(min(N, 64), device=device)
+    idx0 = None if N is None else indices[:64]
     _, nbytes = bytes_allocated(lambda: weights(0, k0, idx0))
     per_unit = nbytes / (k0 * (1 if N is None else len(idx0)))
     kc, bc = plan_chunks(K, N, per_unit, budget)
@@ -247,8 +253,7 @@ def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device)
     # The pilot ran with Pyro's argument validation; the chunks repeat it on the same shapes,
     # so they skip it (it re-checks every observed value's support: ~30% of the time).
     with pyro.validation_enabled(False):
-        for d0 in ([0] if N is None else range(0, N, bc)):
-            idx = None if N is None else torch.arange(d0, min(N, d0 + bc), device=device)
+        for idx in ([None] if N is None else indices.split(bc)):
             st = WeightStats(K)
             for start in range(0, K, kc):
                 st.update(weights(start, min(kc, K - start), idx))
