@@ -185,9 +185,13 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     everyone = torch.arange(n, device=dev)
     grid, step = _grid(points, dim, dev)
     box, passes = _guide_box(tgt, data, fixed, name, dim, scalar), 0
+    todo = everyone  # each pass sweeps only the grids the last one moved
     for passes in range(1, MAX_RECENTRING + 1):
-        box, settled = _recentre(box, sweep(grid, step, box, everyone, moments=True), dim, step)
-        if settled:
+        stats = sweep(grid, step, box, todo, moments=True)
+        (centre, scale), moved = _recentre((box[0][todo], box[1][todo]), stats, dim, step)
+        box[0][todo], box[1][todo] = centre, scale
+        todo = todo[moved]
+        if not len(todo):
             break
     full, halved, ring = rule(points, box, everyone)
     far = _far_field(tgt, data, mpn, fixed, budget, name, dim, scalar, points, box)
@@ -270,8 +274,8 @@ def _flat_moments(fn, dim: int, scalar: bool) -> Tuple[torch.Tensor, torch.Tenso
 
 def _recentre(box, stats, dim: int, step: float):
     """Move the local grids that are too coarse for their posterior, from the posterior's
-    moments on the grid (``stats`` of a moments sweep). Returns the new box and whether every
-    grid fitted.
+    moments on the grid (``stats`` of a moments sweep). Returns the new box and which grids
+    moved.
 
     * mass within ``MIN_CELLS`` effective cells per axis or fewer (the guide was far too wide):
       centre on the posterior mean, ``INFLATE`` posterior sds per unit (at least a few old
@@ -296,4 +300,4 @@ def _recentre(box, stats, dim: int, step: float):
     ratio = torch.where(few_cells, INFLATE * sd_u.clamp(min=step / RADIUS), 1.0)
     ratio = torch.where(lost, 4.0, ratio)
     mean_u = torch.where(few_cells, mean_u, 0.0)
-    return (centre + scale * mean_u, scale * ratio), not bool((few_cells | lost).any())
+    return (centre + scale * mean_u, scale * ratio), (few_cells | lost).squeeze(-1)
