@@ -28,7 +28,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
@@ -150,10 +150,11 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     scalar = len(site["fn"].event_shape) == 0
     n, dev = num_datapoints(data), data[0].device
 
-    def sweep(grid, step, box, indices, moments=False):
+    def sweep(grid, step, box, indices, moments=False, outside=None):
         """``log p(x_n)`` by the midpoint rule on ``z = centre + scale * u``, ``u`` on ``grid``,
-        for the datapoints ``indices``. With ``moments``, the :class:`WeightStats` of
-        ``[1 + 2 dim, B]`` columns per chunk: log weights, and the same plus
+        for the datapoints ``indices``. With ``outside`` (``(lo, hi)``, ``[n, dim]`` each), a
+        cell counts only its area outside that box. With ``moments``, the :class:`WeightStats`
+        of ``[1 + 2 dim, B]`` columns per chunk: log weights, and the same plus
         ``j log(u + RADIUS + 1)`` (j = 1, 2; positive on the grid)."""
         centre, scale = box
 
@@ -162,8 +163,14 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
             z = centre[idx] + scale[idx] * u  # [count, B, dim]
             value = (z.squeeze(-1) if scalar else z).to(data[0].dtype)
             lw = log_weights(tgt, data, count, max_plate_nesting=mpn, proposal="values",
-                             indices=idx, fixed=fixed, values={name: value})
-            lw = lw.double() + (scale[idx] * step).log().sum(-1)
+                             indices=idx, fixed=fixed, values={name: value}).double()
+            width = scale[idx] * step
+            if outside is None:
+                lw = lw + width.log().sum(-1)
+            else:
+                lo, hi = outside[0][idx], outside[1][idx]
+                inside = ((z + width / 2).minimum(hi) - (z - width / 2).maximum(lo)).clamp(min=0)
+                lw = lw + (width.prod(-1) - inside.prod(-1)).clamp(min=0).log()
             if not moments:
                 return lw
             t = (u + RADIUS + 1).log().expand(-1, lw.shape[1], -1).movedim(-1, 1)  # [count, dim, B]
@@ -178,13 +185,19 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
         grid, step = _grid(points, dim, dev)
         full = sweep(grid, step, box, indices)
         half = sweep(*_grid(max(points // 2, 2), dim, dev), box, indices)
-        edge = _edge(grid, step)
+        edge = (grid.abs() >= RADIUS - step).any(-1)
         ring = sweep(grid[edge], step, box, indices)
         return full, (full - half).abs(), (ring - full).exp()
 
     everyone = torch.arange(n, device=dev)
     grid, step = _grid(points, dim, dev)
-    box, passes = _guide_box(tgt, data, fixed, name, dim, scalar), 0
+    guide = _site_moments(tgt.guide, tgt, data, fixed, name, dim, scalar)
+    prior = _site_moments(tgt.model, tgt, data, fixed, name, dim, scalar)
+    start = guide or prior
+    if start is None:
+        raise ValueError(f"quadrature over {name!r} needs the guide's or the prior's mean and sd "
+                         "of it, and neither distribution has them; use method='is-guide'")
+    box, passes = (start[0].clone(), INFLATE * start[1]), 0  # the guide's mean, INFLATE sds a unit
     todo = everyone  # each pass sweeps only the grids the last one moved
     for passes in range(1, MAX_RECENTRING + 1):
         stats = sweep(grid, step, box, todo, moments=True)
@@ -194,7 +207,14 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
         if not len(todo):
             break
     full, halved, ring = rule(points, box, everyone)
-    far = _far_field(tgt, data, mpn, fixed, budget, name, dim, scalar, points, box)
+    # The far field: a coarse grid over PRIOR_RADIUS prior sds, each cell counting its area
+    # outside the datapoint's local grid, for the mass the local grid does not reach (module
+    # docstring); none where the prior has no mean or sd.
+    far = None
+    if prior is not None:
+        local = (box[0] - box[1] * RADIUS, box[0] + box[1] * RADIUS)
+        far = sweep(grid, step, (prior[0], prior[1] * (PRIOR_RADIUS / RADIUS)), everyone,
+                    outside=local)
     # Datapoints whose grid is too coarse for their posterior get finer grids of their own.
     finest, todo = points, everyone[halved > REFINE_TOL]
     refined = len(todo)
@@ -213,55 +233,20 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     }
 
 
-def _far_field(tgt, data, mpn, fixed, budget, name, dim, scalar, points, box):
-    """The mass outside the local grids: a coarse grid over ``PRIOR_RADIUS`` prior sds, each
-    cell weighted by its area outside the datapoint's local grid. A decoder that saturates
-    gives the posterior a plateau (or a second mode) far from its peak that local grids miss
-    (vae digits: up to 6 nats on one datapoint); ``None`` where the prior has no mean or sd."""
-    n, dev = num_datapoints(data), data[0].device
-    everyone = torch.arange(n, device=dev)
-    model = poutine.condition(tgt.model, fixed) if fixed else tgt.model
+def _site_moments(fn, tgt, data, fixed, name, dim, scalar) -> Optional[Tuple[Any, Any]]:
+    """Mean and sd (``[n, dim]`` each, float64) of site ``name`` in ``fn`` (the guide or the
+    model, with ``fixed`` held), traced on every datapoint; ``None`` where ``fn`` has no such
+    site or its distribution no mean or sd."""
+    fn = poutine.condition(fn, fixed) if fixed else fn
     with torch.no_grad():
-        fn = _trace(model, data, everyone, tgt.data_plate).nodes[name]["fn"]
+        site = _trace(fn, data, torch.arange(num_datapoints(data), device=data[0].device),
+                      tgt.data_plate).nodes.get(name)
+    if site is None:
+        return None
     try:
-        mean, sd = _flat_moments(fn, dim, scalar)
+        return _flat_moments(site["fn"], dim, scalar)
     except NotImplementedError:
         return None
-    centre, scale = mean, sd * (PRIOR_RADIUS / RADIUS)
-    lo, hi = box[0] - box[1] * RADIUS, box[0] + box[1] * RADIUS  # the local grids, [n, dim]
-    grid, step = _grid(points, dim, dev)
-
-    def weights(start, count, idx):
-        u = grid[start : start + count, None, :]
-        z = centre[idx] + scale[idx] * u  # [count, B, dim]
-        width = scale[idx] * step
-        inside = ((z + width / 2).minimum(hi[idx]) - (z - width / 2).maximum(lo[idx])).clamp(min=0)
-        outside = (width.prod(-1) - inside.prod(-1)).clamp(min=0)
-        value = (z.squeeze(-1) if scalar else z).to(data[0].dtype)
-        lw = log_weights(tgt, data, count, max_plate_nesting=mpn, proposal="values",
-                         indices=idx, fixed=fixed, values={name: value})
-        return lw.double() + outside.log()
-
-    stats, _ = stream(weights, grid.shape[0], n, budget, dev)
-    return torch.cat([s.lse for s in stats])
-
-
-def _edge(grid: torch.Tensor, step: float) -> torch.Tensor:
-    """Which grid points lie in the outermost ring of cells."""
-    return (grid.abs() >= RADIUS - step).any(-1)
-
-
-def _guide_box(tgt, data, fixed, name, dim, scalar) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first grid per datapoint: the guide's mean, and ``INFLATE`` guide sds per unit of the
-    grid (the prior's where the guide lacks the site), ``[n, dim]`` each."""
-    idx = torch.arange(num_datapoints(data), device=data[0].device)
-    guide = poutine.condition(tgt.guide, fixed) if fixed else tgt.guide
-    with torch.no_grad():
-        site = _trace(guide, data, idx, tgt.data_plate).nodes.get(name)
-        if site is None:
-            site = _trace(tgt.model, data, idx, tgt.data_plate).nodes[name]
-    mean, sd = _flat_moments(site["fn"], dim, scalar)
-    return mean, INFLATE * sd
 
 
 def _flat_moments(fn, dim: int, scalar: bool) -> Tuple[torch.Tensor, torch.Tensor]:
