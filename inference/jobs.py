@@ -242,7 +242,8 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
     final = float(result.losses["loss_per_datapoint"].tail(50).mean())
     config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
     write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
-    save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"), folder / "loss.png")
+    save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"),
+                folder / "loss.png")
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
     echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s, "
          f"-ELBO/datapoint {final:.4g} (mean of the last 50 steps) -> {folder}")

@@ -247,10 +247,10 @@ def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) 
     paths = []
     if len(rows):
         paths.append(save_figure(plot_estimates(rows, title=f"{name}: log p(x) vs K"),
-                           folder / "estimates.png"))
+                                 folder / "estimates.png"))
         if (rows["method"] != "exact").any():
-            paths.append(save_figure(plot_diagnostics(rows, title=f"{name}: weight diagnostics"),
-                               folder / "diagnostics.png"))
+            fig = plot_diagnostics(rows, title=f"{name}: weight diagnostics")
+            paths.append(save_figure(fig, folder / "diagnostics.png"))
     data = tuple(t.detach().cpu() for t in data)
     with torch.no_grad():
         for stem, fig in MODEL_PLOTS.get(name, lambda *a: {})(entry, data).items():

@@ -84,14 +84,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     if job.steps < 1 or (job.batch_size is not None and job.batch_size < 1) or job.lr <= 0:
         raise jobs.UsageError("--steps and --batch-size must be positive integers, --lr "
-                                "positive")
+                              "positive")
     entry = jobs.make_entry(args.model, job.options)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
     out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume)
     if args.resume and (out / jobs.CONFIG_FILE).exists():
         config = jobs.fit_config(entry, job, data_path=data_path, seed=args.seed,
-                                   device=args.device)
+                                 device=args.device)
         jobs.check_resumable(jobs.read_config(out), config, out)
         if (out / "state.pt").is_file():
             _echo(f"{out} holds a finished fit; nothing to do; next: {PROG} estimate {out}")
@@ -99,7 +99,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if (out / jobs.CHECKPOINT_FILE).is_file():
             _echo(f"continuing from {out / jobs.CHECKPOINT_FILE}")
     jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
-                     device=args.device, progress=_progress(args), echo=_echo)
+                   device=args.device, progress=_progress(args), echo=_echo)
     _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
     return 0
 
@@ -129,7 +129,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     jobs.check_models([config["model"]])
     if not (folder / "state.pt").is_file():
         raise jobs.UsageError(f"{folder} holds no state.pt: the fit did not finish; "
-                                "rerun ppzoo fit")
+                              "rerun ppzoo fit")
     entry = jobs.make_entry(config["model"], config["options"])
     data = jobs.load_data(entry, config.get("data"), config.get("subset"), args.device)
     inference.load_fit(entry, folder, device=args.device)
