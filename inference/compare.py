@@ -14,7 +14,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from inference.estimate import METHODS, Estimate, estimate
+from inference import estimators
+from inference.estimate import Estimate, estimate
+from inference.estimators import NotApplicable
 from inference.target import as_data, as_target
 
 COLUMNS = [
@@ -43,7 +45,7 @@ def _row(est: Estimate, seed: int, reference: float) -> Dict[str, Any]:
 def compare(
     target: Any,
     data: Any,
-    methods: Sequence[str] = METHODS,
+    methods: Optional[Sequence[str]] = None,
     num_samples: Iterable[int] = (1, 10, 100, 1000),
     seeds: Iterable[int] = range(3),
     *,
@@ -57,22 +59,28 @@ def compare(
 ) -> pd.DataFrame:
     """Run ``methods`` x ``num_samples`` x ``seeds`` on one fitted target.
 
-    :param methods: any of ``"elbo"``, ``"is-guide"``, ``"is-prior"``, ``"exact"``.
-        ``"exact"`` gives the reference (one row, K = 0) and is skipped where none exists;
-        ``"is-guide"``/``"elbo"`` are skipped where the guide cannot propose (point masses).
+    :param methods: registered methods (default: all of them, :func:`inference.methods`).
+        A reference method (``"exact"``) gives one row, K = 0, and is skipped where it does not
+        apply; the others are skipped where they raise
+        :class:`~inference.estimators.NotApplicable` (e.g. ``"is-guide"``/``"elbo"`` with a
+        point-mass guide). The first reference that applies -- asked for or not -- gives every
+        row's ``error``.
     :param num_samples: the K grid.
     :param seeds: seeds for every sampled method.
     :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
     :param on_row: called with each row as it finishes (e.g. to write it out at once).
     :param skip: ``skip(method, K, seed)`` true for rows to leave out (e.g. already done).
-    :param options: passed to :func:`estimate` (``fixed``, ``quadrature_points``).
+    :param options: passed to :func:`estimate` (``fixed``, and the methods' own options such as
+        ``quadrature_points``).
     :returns: a DataFrame with columns ``COLUMNS``; ``reference``/``error`` are NaN without
         a reference. ``df.attrs["skipped"]`` maps each skipped method to the reason.
     """
-    unknown = sorted(set(methods) - set(METHODS))
+    registered = estimators.names()
+    methods = registered if methods is None else list(methods)
+    unknown = sorted(set(methods) - set(registered))
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(registered)}")
     ks = [int(k) for k in num_samples]
     if not ks or min(ks) < 1:
         raise ValueError(f"num_samples must be a non-empty list of integers >= 1, got {ks}")
@@ -86,27 +94,30 @@ def compare(
         if on_row is not None:
             on_row(row)
 
-    jobs = [(m, k, s) for m in methods if m != "exact" for k in ks for s in seeds]
+    refs = [m for m in registered if estimators.get(m).reference]
+    jobs = [(m, k, s) for m in methods if m not in refs for k in ks for s in seeds]
     jobs = [job for job in jobs if not (skip and skip(*job))]
-    want_exact = "exact" in methods and not (skip and skip("exact", 0, 0))
     reference = math.nan
-    if jobs or want_exact:  # the reference is only worth computing if a row will use it
+    for ref in refs:
+        wanted = ref in methods and not (skip and skip(ref, 0, 0))
+        if not (jobs or wanted) or not math.isnan(reference) and not wanted:
+            continue  # a reference is only worth computing if a row will use it
         try:
-            exact = estimate(tgt, data, "exact", **common)
-            reference = exact.log_evidence
-            if want_exact:
-                emit(_row(exact, 0, reference))
+            exact = estimate(tgt, data, ref, **common)
         except ValueError as err:
-            skipped["exact"] = str(err)
+            skipped[ref] = str(err)
+            continue
+        if math.isnan(reference):
+            reference = exact.log_evidence
+        if wanted:
+            emit(_row(exact, 0, reference))
     show = sys.stderr.isatty() if progress is None else progress
     for method, k, seed in tqdm(jobs, desc=f"estimate {tgt.name}", disable=not show, leave=False):
         if method in skipped:
             continue
         try:
             est = estimate(tgt, data, method, k, seed=seed, **common)
-        except ValueError as err:
-            if "point mass" not in str(err):
-                raise
+        except NotApplicable as err:
             skipped[method] = str(err)
             continue
         emit(_row(est, seed, reference))

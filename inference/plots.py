@@ -1,4 +1,5 @@
-"""Matplotlib views of :func:`inference.compare` tables and fit histories."""
+"""Matplotlib views of :func:`inference.compare` tables and fit histories, and :func:`ellipse`
+(the ``n``-sd contour of a 2-D Gaussian) for drawing posteriors and guides."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 from typing import Optional
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import torch
 
 from inference.compare import summarise
 
@@ -22,7 +25,7 @@ def plot_estimates(df: pd.DataFrame, ax=None, title: Optional[str] = None):
     """Estimate of log p(x) vs K per method (mean over seeds, error bars: 2 x mean stderr),
     with the exact reference as a horizontal line where there is one."""
     fig, ax = _axes(ax, figsize=(6, 4))
-    s = summarise(df[df["method"] != "exact"])
+    s = summarise(df[df["K"] > 0])
     for method, part in s.groupby("method"):
         ax.errorbar(part["K"], part["estimate"], yerr=2 * part["stderr"].fillna(0), marker="o",
                     capsize=3, label=method)
@@ -61,14 +64,21 @@ def _zoom(ax, summary: pd.DataFrame, reference: Optional[float]) -> None:
 def plot_diagnostics(df: pd.DataFrame, title: Optional[str] = None):
     """Effective sample size (as a fraction of K) and PSIS k-hat vs K per method."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    s = summarise(df[df["method"] != "exact"])
+    s = summarise(df[df["K"] > 0])
+    drawn = 0
     for method, part in s.groupby("method"):
         a1.plot(part["K"], part["ess"] / part["K"], marker="o", label=method)
         finite = part[part["khat"].map(math.isfinite)]
         a2.plot(finite["K"], finite["khat"], marker="o", label=method)
+        drawn += len(finite)
     a1.set(xscale="log", xlabel="K", ylabel="ESS / K", title="effective sample size")
     a2.axhline(0.7, color="r", ls=":", lw=1, label="k = 0.7")
-    a2.set(xscale="log", xlabel="K", ylabel="k-hat (max over datapoints)", title="PSIS k-hat")
+    a2.set(xlabel="K", ylabel="k-hat (max over datapoints)", title="PSIS k-hat")
+    if drawn:  # a k-hat needs K >= 5 and a tail of more than 4 weights
+        a2.set_xscale("log")
+    else:
+        a2.text(0.5, 0.5, "no k-hat: too few samples\nto fit the tail (K < 25)",
+                transform=a2.transAxes, ha="center", va="center", color="0.4")
     a1.legend()
     a2.legend()
     if title:
@@ -89,3 +99,17 @@ def plot_losses(losses: pd.DataFrame, ax=None, title: Optional[str] = None):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def ellipse(mean: Any, cov: Any, num_sd: float = 2.0, num_points: int = 100) -> np.ndarray:
+    """Points ``[num_points, 2]`` on the ``num_sd`` standard-deviation contour of a 2-D Gaussian
+    with ``mean [2]`` and covariance ``cov [2, 2]`` (for plots)."""
+    m = np.asarray(torch.as_tensor(mean).detach().cpu(), dtype=np.float64)
+    c = np.asarray(torch.as_tensor(cov).detach().cpu(), dtype=np.float64)
+    if m.shape != (2,) or c.shape != (2, 2):
+        raise ValueError(f"need mean [2] and cov [2, 2], got {m.shape} and {c.shape}")
+    vals, vecs = np.linalg.eigh(c)
+    t = np.linspace(0, 2 * np.pi, num_points)
+    circle = np.stack([np.cos(t), np.sin(t)], -1)
+    return m + num_sd * (circle * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+

@@ -152,7 +152,7 @@ def fit(
     :param vectorize_particles: evaluate particles in one vectorized pass.
     :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`) or ``"traceenum"``
         (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites);
-        default: the zoo entry's ``loss``, else ``"trace"``.
+        default: the target's ``loss`` (a zoo entry's own), else ``"trace"``.
     :param seed: seeds Pyro/PyTorch and the minibatch order.
     :param device: ``"cpu"`` or ``"cuda"``; data, networks and params move there.
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -163,7 +163,7 @@ def fit(
     """
     tgt = as_target(target)
     if loss is None:
-        loss = tgt.entry.loss if tgt.entry is not None else "trace"
+        loss = tgt.loss
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
     if steps < 0 or num_particles < 1:

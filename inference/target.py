@@ -1,21 +1,63 @@
 """What every inference function runs on: a model/guide pair and how to read its trace.
 
-:func:`as_target` turns a zoo entry, a plain ``(model, guide)`` pair, or a :class:`Target`
-into a :class:`Target`; :func:`as_data` checks and moves the data. The estimators and SVI
-only ever see a :class:`Target`, so a user's own model works wherever a zoo model does.
+:func:`as_target` turns a plain ``(model, guide)`` pair, a :class:`Target`, or any object that
+follows the **target protocol** below into a :class:`Target`; :func:`as_data` checks and moves
+the data. The estimators and SVI only ever see a :class:`Target`, so a user's own model works
+wherever a zoo model does. The engine knows no model by name and imports nothing from ``zoo``.
+
+The target protocol -- what an object must have to be passed where a target is expected (a
+zoo entry has all of it; only ``model`` and ``guide`` are required):
+
+==========================  ======================================================================
+``model(*data)``            Pyro model; ``data`` is a tuple of tensors, one row per datapoint
+``guide(*data)``            Pyro guide with the same signature
+``name``                    label for tables and files (default: the class name)
+``data_plate``              name of the ``pyro.plate`` over datapoints, or ``None`` (default "data")
+``max_plate_nesting``       as in :class:`~pyro.infer.Trace_ELBO` (default: read off a trace)
+``symmetries``              ``{site: dim}`` of exchangeable latent sites (mixture components)
+``networks()``              ``{name: module}`` registered with ``pyro.module`` (or a mapping)
+``loss``                    ``"trace"`` or ``"traceenum"``: the ELBO that trains it
+``check_data(*data)``       raises ``ValueError`` naming the problem and the fix
+``log_evidence(*data)``     exact global ``log p(data)`` where a closed form exists, else ``None``
+==========================  ======================================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 
-from zoo.base import Data, ZooModel, check_tensors
+Data = Tuple[torch.Tensor, ...]
+
+
+def check_tensors(data: Data) -> None:
+    """Shared input checks: tensors, non-empty, one leading size, finite values."""
+    if len(data) == 0:
+        raise ValueError("no data given: pass the data tensors, e.g. entry.load_data()")
+    sizes = set()
+    for i, t in enumerate(data):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"data[{i}] is a {type(t).__name__}; convert it with torch.as_tensor(...)"
+            )
+        if t.dim() == 0 or t.shape[0] == 0:
+            raise ValueError(f"data[{i}] has shape {tuple(t.shape)}: it holds no datapoints")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"data[{i}] holds {bad} NaN or infinite values; drop or impute them first"
+            )
+        sizes.add(t.shape[0])
+    if len(sizes) > 1:
+        raise ValueError(
+            f"data tensors disagree on the number of datapoints (leading sizes {sorted(sizes)});"
+            " every tensor must have one row per datapoint"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +74,12 @@ class Target:
     :param symmetries: ``{site: dim}`` of latent sites exchangeable along ``dim`` of their value
         (mixture components); used to undo label switching in evidence estimates.
     :param networks: ``{name: module}`` registered with ``pyro.module``, for saving and devices.
-    :param entry: the zoo entry this target came from, if any.
+    :param loss: ``"trace"`` or ``"traceenum"``, the ELBO :func:`inference.fit` uses by default.
+    :param check: ``check(*data)`` raising ``ValueError`` for data the model cannot use (run
+        after the shared checks: tensors, one row per datapoint, finite values).
+    :param log_evidence: ``log_evidence(*data)``, the exact global ``log p(data)`` (a float or
+        0-d tensor) or ``None``; the ``exact`` method's global reference.
+    :param entry: the object this target was made from, if any (e.g. a zoo entry).
     """
 
     model: Callable[..., Any]
@@ -42,13 +89,15 @@ class Target:
     max_plate_nesting: Optional[int] = None
     symmetries: Mapping[str, int] = dataclasses.field(default_factory=dict)
     networks: Mapping[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
-    entry: Optional[ZooModel] = None
+    loss: str = "trace"
+    check: Optional[Callable[..., None]] = None
+    log_evidence: Optional[Callable[..., Any]] = None
+    entry: Any = None
 
     def check_data(self, data: Data) -> None:
-        if self.entry is not None:
-            self.entry.check_data(*data)
-        else:
-            check_tensors(data)
+        check_tensors(data)
+        if self.check is not None:
+            self.check(*data)
 
     def plate_nesting(self, data: Data) -> int:
         """``max_plate_nesting``, guessed from one trace of model and guide when not given."""
@@ -68,31 +117,46 @@ class Target:
 
 
 def as_target(target: Any, **options: Any) -> Target:
-    """A :class:`Target` from a zoo entry, a ``(model, guide)`` pair or a Target.
+    """A :class:`Target` from a ``(model, guide)`` pair, a Target, or an object that follows the
+    target protocol (module docstring), such as a zoo entry.
 
     ``options`` override the Target's fields (e.g. ``data_plate="obs"`` for a user's pair).
     """
     if isinstance(target, Target):
         return dataclasses.replace(target, **options) if options else target
-    if isinstance(target, ZooModel):
-        fields = dict(
-            model=target.model,
-            guide=target.guide,
-            name=target.name,
-            data_plate=target.data_plate,
-            max_plate_nesting=target.max_plate_nesting,
-            symmetries=dict(target.symmetries),
-            networks=target.networks(),
-            entry=target,
-        )
-        fields.update(options)
-        return Target(**fields)
     if isinstance(target, (tuple, list)) and len(target) == 2 and all(map(callable, target)):
         return Target(target[0], target[1], **options)
+    if callable(getattr(target, "model", None)) and callable(getattr(target, "guide", None)):
+        fields = _protocol_fields(target)
+        fields.update(options)
+        return Target(**fields)
     raise TypeError(
-        "expected a zoo entry (zoo.get(name)), a (model, guide) pair of callables, or an "
-        f"inference.Target; got {type(target).__name__}"
+        "expected a zoo entry (zoo.get(name)), a (model, guide) pair of callables, an "
+        "inference.Target, or an object with model and guide methods; got "
+        f"{type(target).__name__}"
     )
+
+
+def _protocol_fields(obj: Any) -> Dict[str, Any]:
+    """The :class:`Target` fields an object following the target protocol provides."""
+    networks = getattr(obj, "networks", None)
+    networks = networks() if callable(networks) else networks
+    fields: Dict[str, Any] = dict(
+        model=obj.model,
+        guide=obj.guide,
+        name=getattr(obj, "name", "") or type(obj).__name__,
+        data_plate=getattr(obj, "data_plate", "data"),
+        max_plate_nesting=getattr(obj, "max_plate_nesting", None),
+        symmetries=dict(getattr(obj, "symmetries", None) or {}),
+        networks=dict(networks or {}),
+        loss=getattr(obj, "loss", None) or "trace",
+        entry=obj,
+    )
+    for field, attr in (("check", "check_data"), ("log_evidence", "log_evidence")):
+        fn = getattr(obj, attr, None)
+        if callable(fn):
+            fields[field] = fn
+    return fields
 
 
 def resolve_device(device: Any) -> torch.device:

@@ -1,6 +1,6 @@
-"""Exact and near-exact references for ``log p(x)``, and reading latents off a trace.
+"""``exact``: exact and near-exact references for ``log p(x)``.
 
-* **closed form** (global scope): the entry's ``log_evidence(*data)``, e.g. the Gaussian
+* **closed form** (global scope): the target's ``log_evidence(*data)``, e.g. the Gaussian
   linear model's ``N(y | 0, s^2 X X^T + noise^2 I)``.
 * **enumeration** (local scope, discrete local latents): every discrete site is enumerated
   in parallel (:func:`pyro.poutine.enum`) and ``log p(x_n) = logsumexp_z log p(x_n, z)``.
@@ -35,8 +35,10 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.distributions.util import scale_and_mask
 
+from inference.estimators import Estimator, NotApplicable, Problem, register
 from inference.replay import in_plate, log_weights, sample_sites
-from inference.target import SubsampleAt, Target, num_datapoints, subsampled
+from inference.scope import first, trace_on
+from inference.target import num_datapoints
 from inference.weights import stream
 
 INFLATE = 2.0
@@ -48,63 +50,38 @@ REFINE_MAX = 4
 PRIOR_RADIUS = 7.0
 
 
-def _trace(fn, data, indices, plate) -> Any:
-    return poutine.trace(subsampled(fn, SubsampleAt(plate, indices))).get_trace(*data)
+@register
+class Exact(Estimator):
+    name = "exact"
+    summary = "closed form (global), enumeration or 1-2-D quadrature (local): the reference"
+    reference = True
+    options = {"quadrature_points": 64}
 
-
-def _first(data, n: int = 2) -> torch.Tensor:
-    return torch.arange(min(num_datapoints(data), n), device=data[0].device)
-
-
-def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
-    """Names of the model's latent sites inside (local) and outside (global) the data plate,
-    read off one prior trace on two datapoints."""
-    with poutine.block(), torch.no_grad():
-        tr = _trace(tgt.model, data, _first(data) if tgt.data_plate else None, tgt.data_plate)
-    local, glob = [], []
-    for name, site in sample_sites(tr, latent_only=True):
-        (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
-    return local, glob
-
-
-def point_estimate(tgt: Target, data, names: List[str]) -> Dict[str, torch.Tensor]:
-    """The guide's point estimate of the global sites ``names``: a point mass's value, else the
-    guide distribution's mean (or the average of 1000 draws where the mean is not available)."""
-    with poutine.block(), torch.no_grad():
-        tr = _trace(tgt.guide, data, _first(data) if tgt.data_plate else None, tgt.data_plate)
-        out = {}
-        for name in names:
-            if name not in tr.nodes:
-                raise ValueError(f"the guide has no site {name!r} to fix it at; pass fixed={{...}}")
-            fn = tr.nodes[name]["fn"]
-            try:
-                out[name] = fn.mean.detach()
-            except NotImplementedError:
-                out[name] = fn.sample((1000,)).mean(0)
-            if not torch.isfinite(out[name]).all():
-                out[name] = tr.nodes[name]["value"].detach()
-    return out
+    def run(self, problem: Problem, quadrature_points: int = 64, **options: Any) -> Dict[str, Any]:
+        p = problem
+        return exact_estimate(p.target, p.data, p.scope, p.max_plate_nesting, p.fixed,
+                              p.memory_budget, quadrature_points)
 
 
 def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, Any]:
     if scope == "global":
-        value = tgt.entry.log_evidence(*data) if tgt.entry is not None else None
+        value = tgt.log_evidence(*data) if tgt.log_evidence is not None else None
         if value is None:
-            raise ValueError(
+            raise NotApplicable(
                 f"{tgt.name} has no closed-form evidence in global scope; exact references exist for "
                 "closed-form models, and in local scope by enumeration or quadrature"
             )
         return dict(num_samples=0, log_evidence=float(value), stderr=0.0, ess=math.nan, khat=math.nan)
     with torch.no_grad():
-        tr = _trace(poutine.condition(tgt.model, fixed) if fixed else tgt.model, data,
-                    _first(data), tgt.data_plate)
+        tr = trace_on(poutine.condition(tgt.model, fixed) if fixed else tgt.model, data,
+                      first(data), tgt.data_plate)
     latents = [site for _, site in sample_sites(tr, latent_only=True)]
     if latents and all(s["fn"].has_enumerate_support for s in latents):
         per, diag = _enumerate(tgt, data, mpn, fixed), {}
     elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2):
         per, diag = _quadrature(tgt, data, mpn, fixed, budget, latents[0], points)
     else:
-        raise ValueError(
+        raise NotApplicable(
             f"no exact reference for {tgt.name} in local scope: enumeration needs every local latent "
             "discrete, quadrature one continuous local latent of dimension 1 or 2"
         )
@@ -239,7 +216,7 @@ def _site_moments(fn, tgt, data, fixed, name, dim, scalar) -> Optional[Tuple[Any
     site or its distribution no mean or sd."""
     fn = poutine.condition(fn, fixed) if fixed else fn
     with torch.no_grad():
-        site = _trace(fn, data, torch.arange(num_datapoints(data), device=data[0].device),
+        site = trace_on(fn, data, torch.arange(num_datapoints(data), device=data[0].device),
                       tgt.data_plate).nodes.get(name)
     if site is None:
         return None

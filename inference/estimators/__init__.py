@@ -1,0 +1,110 @@
+"""The estimators of ``log p(x)``, one file each, found through one registry.
+
+An estimator is a subclass of :class:`Estimator` decorated with :func:`register`; its
+:meth:`~Estimator.run` receives a :class:`Problem` -- the target, the checked data, the scope,
+the globals held fixed, K and the memory budget, all settled by :func:`inference.estimate` --
+and returns the fields of an :class:`inference.Estimate`. :func:`inference.estimate`,
+:func:`inference.compare` and ``ppzoo`` dispatch by name through the registry, so adding an
+estimator is writing one file (and importing it, which registers it)::
+
+    from inference.estimators import Estimator, register
+    from inference.sampling import sampled
+
+    @register
+    class PriorImportance(Estimator):          # inference/estimators/is_prior.py
+        name = "is-prior"
+        summary = "log mean of p(x | z) over K prior draws"
+
+        def run(self, problem, **options):
+            return sampled(problem, proposal="prior", statistic="log_mean")
+
+Estimators that are exact references (``reference = True``) take no K and no seed: compare
+runs them once, as the reference every other row's error is measured against. An estimator
+that does not apply to a target raises :class:`NotApplicable` (compare then skips it and says
+why).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Dict, Mapping, Optional
+
+import torch
+
+from inference.registry import Registry
+from inference.target import Data, Target
+
+
+class NotApplicable(ValueError):
+    """The estimator cannot run on this target (e.g. a point-mass guide has no density to
+    importance-sample with); the message names the alternative."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What an estimator runs on, checked and settled by :func:`inference.estimate`.
+
+    :ivar target: the model/guide pair.
+    :ivar data: the data tensors, on the device.
+    :ivar scope: ``"local"`` (per datapoint) or ``"global"``.
+    :ivar max_plate_nesting: the model's plate nesting.
+    :ivar fixed: values the global latents are held at (local scope), else ``None``.
+    :ivar num_samples: K.
+    :ivar memory_budget: bytes one chunk may allocate.
+    """
+
+    target: Target
+    data: Data
+    scope: str
+    max_plate_nesting: int
+    fixed: Optional[Dict[str, torch.Tensor]]
+    num_samples: int
+    memory_budget: int
+
+    @property
+    def local(self) -> bool:
+        return self.scope == "local"
+
+
+class Estimator:
+    """Base class of registered estimators.
+
+    :cvar name: the method name (``inference.estimate(..., method=name)``).
+    :cvar summary: one line for tables and ``--help``.
+    :cvar reference: an exact reference: no K, no seed, one row per comparison.
+    :cvar options: keyword options :meth:`run` accepts, with their defaults.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    reference: ClassVar[bool] = False
+    options: ClassVar[Mapping[str, Any]] = {}
+
+    def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:  # pragma: no cover
+        """The :class:`inference.Estimate` fields ``num_samples``, ``log_evidence``, ``stderr``,
+        ``ess``, ``khat`` and, in local scope, the ``*_per_datapoint`` tensors and
+        ``diagnostics``."""
+        raise NotImplementedError
+
+
+_REGISTRY: Registry[Estimator] = Registry("method", "choose from")
+#: class decorator adding an estimator to the registry under ``cls.name``
+register = _REGISTRY.register
+#: remove an estimator from the registry (e.g. a throw-away one in a test)
+unregister = _REGISTRY.unregister
+#: the registered methods, in registration order
+names = _REGISTRY.names
+
+
+def get(name: str) -> Estimator:
+    """An instance of the registered estimator ``name``."""
+    return _REGISTRY.get(name)()
+
+
+def all_options() -> Dict[str, str]:
+    """``{option: method}`` for every option a registered estimator accepts."""
+    return {opt: name for name in names() for opt in _REGISTRY.get(name).options}
+
+
+# Importing the built-in estimators registers them, in this order.
+from inference.estimators import elbo, is_guide, is_prior, exact  # noqa: E402,F401

@@ -1,0 +1,87 @@
+"""What the sampling estimators share: stream K particles' log weights through the one replay
+primitive (:func:`inference.replay.log_weights`) in memory-planned chunks, reduce them with
+:class:`~inference.weights.WeightStats`, and attach the standard error, ESS and PSIS k-hat.
+
+:func:`sampled` is all an importance-sampling estimator needs: its proposal (``"guide"`` or
+``"prior"``), the statistic of the weights (``"mean"``: ``(1/K) sum_k log w_k``;
+``"log_mean"``: ``log (1/K) sum_k w_k``) and, optionally, a correction added to every log
+weight (the symmetrised proposal of ``is-guide``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import pyro
+import torch
+
+from inference.estimators import NotApplicable, Problem
+from inference.replay import log_weights, sample_sites
+from inference.target import num_datapoints
+from inference.weights import WeightStats, pareto_khat, stream
+
+#: statistic name -> (value, standard error) of a :class:`WeightStats`
+STATISTICS: Dict[str, Callable[[WeightStats], Any]] = {
+    "mean": lambda s: (s.mean(), s.mean_stderr()),
+    "log_mean": lambda s: (s.log_mean(), s.is_stderr()),
+}
+
+#: ``correction(problem, count, guide_trace)`` -> a log-weight term per particle
+Correction = Callable[[Problem, int, Any], torch.Tensor]
+
+
+def sampled(problem: Problem, proposal: str, statistic: str,
+            correction: Optional[Correction] = None) -> Dict[str, Any]:
+    """The :class:`inference.Estimate` fields of ``statistic`` over K particles from ``proposal``.
+
+    With ``proposal="guide"`` the guide is first checked to have a density at every latent
+    (:class:`~inference.estimators.NotApplicable` otherwise)."""
+    tgt, data, mpn, local = problem.target, problem.data, problem.max_plate_nesting, problem.local
+    fixed, K, budget = problem.fixed, problem.num_samples, problem.memory_budget
+
+    def weights(start, count, idx):
+        kw = dict(max_plate_nesting=mpn, proposal=proposal, local=local, indices=idx, fixed=fixed)
+        if correction is None:
+            return log_weights(tgt, data, count, **kw)
+        lw, _, guide_tr = log_weights(tgt, data, count, with_traces=True, **kw)
+        return lw + correction(problem, count, guide_tr)
+
+    if proposal == "guide":
+        check_proposal(problem)
+    stats, (kc, bc) = stream(weights, K, num_datapoints(data) if local else None, budget,
+                             data[0].device)
+    pairs = [STATISTICS[statistic](s) for s in stats]
+    value = torch.cat([v for v, _ in pairs])
+    err = torch.cat([e for _, e in pairs])
+    ess = torch.cat([s.ess() for s in stats])
+    khat = pareto_khat(torch.cat([s.top for s in stats], 1), K, budget)
+    fields = dict(
+        num_samples=K,
+        log_evidence=float(value.sum()),
+        stderr=float(err.pow(2).sum().sqrt()),
+        ess=float(ess.mean()),
+        khat=float(khat.max()),
+        diagnostics={"chunk_particles": kc, "chunk_datapoints": bc},
+    )
+    if local:
+        fields.update(per_datapoint=value, stderr_per_datapoint=err,
+                      ess_per_datapoint=ess, khat_per_datapoint=khat)
+    return fields
+
+
+def check_proposal(problem: Problem) -> None:
+    """The guide must have a density at every latent to importance-sample with."""
+    tgt, data = problem.target, problem.data
+    idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if problem.local else None
+    _, _, guide_tr = log_weights(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
+                                 local=problem.local, indices=idx, fixed=problem.fixed,
+                                 with_traces=True)
+    for name, site in sample_sites(guide_tr, latent_only=True):
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if isinstance(fn, pyro.distributions.Delta):
+            raise NotApplicable(
+                f"the guide's site {name!r} is a point mass (Delta): it has no density to "
+                "importance-sample with; fit a guide with a density or use method='is-prior'"
+            )

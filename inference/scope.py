@@ -1,0 +1,81 @@
+"""Which latents a model has, and the scope of an evidence estimate.
+
+* **local** -- ``log p(x_n)`` per datapoint. Defined when every latent lives in the data plate;
+  with global latents too, the globals are held fixed (``fixed=``, default: the guide's point
+  estimate, :func:`point_estimate`) and the estimate is of ``log p(x_n | globals)``.
+* **global** -- ``log p(X)`` over the whole data set, one weight per particle.
+
+:func:`resolve_scope` picks the default from a trace (local when every latent is in the data
+plate, global otherwise) and checks an explicit choice; every estimator receives its result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import pyro.poutine as poutine
+import torch
+
+from inference.replay import in_plate, sample_sites
+from inference.target import SubsampleAt, Target, num_datapoints, subsampled
+
+
+def trace_on(fn, data, indices, plate) -> Any:
+    """A trace of ``fn(*data)`` with plate ``plate`` subsampled at ``indices`` (``None``: all)."""
+    return poutine.trace(subsampled(fn, SubsampleAt(plate, indices))).get_trace(*data)
+
+
+def first(data, n: int = 2) -> torch.Tensor:
+    """Indices of the first ``n`` datapoints (fewer if there are fewer)."""
+    return torch.arange(min(num_datapoints(data), n), device=data[0].device)
+
+
+def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
+    """Names of the model's latent sites inside (local) and outside (global) the data plate,
+    read off one prior trace on two datapoints."""
+    with poutine.block(), torch.no_grad():
+        tr = trace_on(tgt.model, data, first(data) if tgt.data_plate else None, tgt.data_plate)
+    local, glob = [], []
+    for name, site in sample_sites(tr, latent_only=True):
+        (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
+    return local, glob
+
+
+def point_estimate(tgt: Target, data, names: List[str]) -> Dict[str, torch.Tensor]:
+    """The guide's point estimate of the global sites ``names``: a point mass's value, else the
+    guide distribution's mean (or the average of 1000 draws where the mean is not available)."""
+    with poutine.block(), torch.no_grad():
+        tr = trace_on(tgt.guide, data, first(data) if tgt.data_plate else None, tgt.data_plate)
+        out = {}
+        for name in names:
+            if name not in tr.nodes:
+                raise ValueError(f"the guide has no site {name!r} to fix it at; pass fixed={{...}}")
+            fn = tr.nodes[name]["fn"]
+            try:
+                out[name] = fn.mean.detach()
+            except NotImplementedError:
+                out[name] = fn.sample((1000,)).mean(0)
+            if not torch.isfinite(out[name]).all():
+                out[name] = tr.nodes[name]["value"].detach()
+    return out
+
+
+def resolve_scope(
+    tgt: Target, data, scope: Optional[str], fixed: Optional[Dict[str, torch.Tensor]]
+) -> Tuple[str, Optional[Dict[str, torch.Tensor]]]:
+    """``(scope, fixed)``: the scope asked for (or the default read off a trace), and in local
+    scope the values the global latents are held at (``None`` when there are none)."""
+    local_names, global_names = latent_sites(tgt, data)
+    scope = scope or ("global" if global_names or tgt.data_plate is None else "local")
+    if scope == "global":
+        return scope, None
+    if tgt.data_plate is None:
+        raise ValueError("per-datapoint estimates need a data plate; set data_plate on the Target")
+    if global_names and not local_names:
+        raise ValueError(
+            f"every latent of {tgt.name} ({', '.join(global_names)}) is global: log p(X) does not "
+            "factorise over datapoints, so there is no per-datapoint estimate; use scope='global'"
+        )
+    if global_names:
+        return scope, dict(fixed) if fixed else point_estimate(tgt, data, global_names)
+    return scope, fixed
