@@ -1,7 +1,7 @@
-"""``python -m zoo`` runs the ``ppzoo`` command line (see :mod:`zoo.cli`)."""
+"""``python -m zoo`` runs the ``ppzoo`` command line (see :mod:`zoo.app.cli`)."""
 
 import sys
 
-from zoo.cli import main
+from zoo.app.cli import main
 
 sys.exit(main())

@@ -1,11 +1,18 @@
 """Shared pieces of the deep latent variable models ``dlvm`` and ``vae``.
 
+(Longer than 300 lines on purpose: a zoo model is one file that holds everything about it --
+model, guides, data, simulator, exact references, report views, compare settings and notebook
+helpers.)
+
 * :func:`mlp` -- a seeded multilayer perceptron builder.
 * :class:`DeepLatentModel` -- the generative model of Kingma & Welling [1]: a
   standard normal latent ``z`` per datapoint and a neural-network decoder giving the
   pixel likelihood. ``dlvm`` and ``vae`` subclass it and differ only in the guide.
 * The data loaders: scikit-learn's bundled 8x8 digits (the default, no network
   needed) and a user's local MNIST file (IDX or ``.npz``).
+* The models' own views for the compare report (:meth:`DeepLatentModel.views`: latent space,
+  decoded grid, reconstructions) and notebook helpers: :func:`decode`, and two ways to make
+  out-of-distribution images for anomaly detection, :func:`flip_pixels`, :func:`random_images`.
 
 References:
     [1] D. P. Kingma, M. Welling. Auto-Encoding Variational Bayes. ICLR 2014.
@@ -19,6 +26,7 @@ References:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from typing import Any, Dict, Optional, Sequence
@@ -248,6 +256,53 @@ class DeepLatentModel(ZooModel):
                 " binarise it first, e.g. (x > 0.5).float(), or use likelihood='gaussian'"
             )
 
+    def views(self, *data) -> Dict[str, Any]:
+        """The report's views: guide means coloured by digit class, decoder means over a z grid
+        (2-D latents), reconstructions."""
+        import matplotlib.pyplot as plt
+
+        (x,) = data
+        figs = {}
+        z = self.guide_distribution(data, "z").mean.reshape(len(x), -1)
+        labels = self.load_labels()[: len(x)].numpy() if True else None
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        zn = z.numpy()
+        sc = ax.scatter(zn[:, 0], zn[:, min(1, zn.shape[1] - 1)], s=6, c=labels, cmap="tab10",
+                        vmin=-0.5, vmax=9.5)
+        if labels is not None:
+            fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+        ax.set(xlabel="z[0]", ylabel="z[1]", title=f"{self.name}: guide means of the data")
+        fig.tight_layout()
+        figs["latent"] = fig
+
+        side = int(round(math.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            return figs
+        if z.shape[1] == 2:  # decoder means on a grid of normal quantiles, a gap between tiles
+            n = 12
+            axis = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.04, 0.96, n))
+            grid = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
+            tiles = torch.nn.functional.pad(self.mean_pixels(grid).reshape(n, n, side, side), (0, 1, 0, 1))
+            imgs = tiles.permute(0, 2, 1, 3).reshape(n * (side + 1), n * (side + 1))
+            fig, ax = plt.subplots(figsize=(5, 5))
+            ax.imshow(imgs.numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[], title=f"{self.name}: decoder means over a z grid "
+                                               "(z[0] left to right, z[1] bottom to top)")
+            fig.tight_layout()
+            figs["decoded"] = fig
+        m = min(10, len(x))
+        pairs = (x[:m].numpy(), self.mean_pixels(z[:m]).numpy())
+        fig, axes = plt.subplots(2, m, figsize=(1.1 * m, 2.6), squeeze=False)
+        for i in range(m):
+            for row, imgs in enumerate(pairs):
+                axes[row, i].imshow(imgs[i].reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
+                axes[row, i].set(xticks=[], yticks=[])
+        axes[0, 0].set_ylabel("data")
+        axes[1, 0].set_ylabel("decoded")
+        fig.suptitle(f"{self.name}: reconstructions (decoder mean at the guide mean)")
+        figs["reconstructions"] = fig
+        return figs
+
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
         """``z`` from the prior and ``x`` from the decoder at its initial weights (drawn with
         this model's ``seed``, whatever training has done since), using a private
@@ -261,3 +316,35 @@ class DeepLatentModel(ZooModel):
             else:
                 x = out + self.sigma0 * torch.randn(out.shape, generator=g)
         return Simulated(data=(x,), params={"z": z})
+
+
+# ------------------------------------------------- notebook helpers: decoding, anomalous images
+def decode(entry, z: torch.Tensor) -> torch.Tensor:
+    """Mean pixel values ``E[x | z]`` under the decoder of a ``vae``/``dlvm`` (Bernoulli: the
+    probabilities ``sigmoid(logits)``; Gaussian: the mean), for ``z`` of shape ``[..., L]``."""
+    dev = next(entry.decoder.parameters()).device
+    with torch.no_grad():
+        return entry.mean_pixels(z.to(dev))
+
+
+def flip_pixels(x: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Binary images with a random ``fraction`` of each image's pixels flipped (exactly
+    ``round(fraction * D)`` per image), drawn with a private generator."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    k = int(round(fraction * d))
+    idx = torch.rand(n, d, generator=g).argsort(-1)[:, :k].to(x.device)
+    out = x.clone()
+    out.scatter_(1, idx, 1 - out.gather(1, idx))
+    return out
+
+
+def random_images(num: int, like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``num`` binary images of independent pixels, each pixel on with the probability of the
+    same pixel in ``like`` (``[N, D]`` binary): matches the average image, has no strokes."""
+    g = torch.Generator().manual_seed(seed)
+    p = like.detach().float().mean(0).cpu().expand(num, -1)
+    return torch.bernoulli(p, generator=g).to(like)
+

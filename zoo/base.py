@@ -15,9 +15,13 @@ on it without knowing which model it is:
   switching.
 * :meth:`load_data`, :meth:`simulate`, :meth:`check_data`, and optional exact
   references (:meth:`log_evidence`).
+* :meth:`views` -- the figures the compare report draws for it, and :attr:`job` -- how
+  ``ppzoo compare`` fits and evaluates it (a :class:`Job`).
 
-Registering a model is writing a subclass and decorating it with :func:`register`;
-the conformance suite in ``tests/test_conformance.py`` then runs on it.
+These are the engine's target protocol (:mod:`inference.target`) plus what the zoo and the
+``ppzoo`` application add. Registering a model is writing a subclass in one file and decorating
+it with :func:`register`; the conformance suite (:mod:`zoo.conformance`), ``ppzoo list`` and
+``ppzoo compare`` then pick it up.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 
-Data = Tuple[torch.Tensor, ...]
+from inference.registry import Registry
+from inference.target import Data, check_tensors  # noqa: F401  (re-exported as zoo.check_tensors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,44 @@ class Simulated:
 
     data: Data
     params: Dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """How the compare job (``ppzoo compare``) fits and evaluates a model: its ``job``.
+
+    :ivar options: keyword arguments of ``zoo.get(model, ...)``.
+    :ivar steps, lr, batch_size: SVI settings; the optimiser is ClippedAdam with the learning
+        rate decaying geometrically to ``lr * lr_decay`` at the last step.
+    :ivar subset: use the first ``subset`` datapoints of the default data (``None``: all).
+    :ivar scope: evidence scope, ``"global"`` (log p(X)) or ``"local"`` (sum of log p(x_n)).
+    :ivar methods: the estimators to run (``None``: every registered one); ``num_samples``,
+        ``seeds``: the K grid and the number of seeds.
+    :ivar estimate_options: extra keywords of :func:`inference.estimate` (e.g. quadrature points).
+    :ivar why: one line for the summary: why this guide and scope.
+    :ivar quick: overrides of the fields above for ``--quick``.
+    """
+
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int = 1000
+    lr: float = 0.01
+    lr_decay: float = 0.1
+    batch_size: Optional[int] = None
+    subset: Optional[int] = None
+    scope: Optional[str] = None
+    methods: Optional[Tuple[str, ...]] = None
+    num_samples: Tuple[int, ...] = (1, 10, 100, 1000)
+    seeds: int = 3
+    estimate_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    why: str = ""
+    quick: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def settings(self, quick: bool) -> "Job":
+        return dataclasses.replace(self, **self.quick, quick={}) if quick else self
+
+
+#: what ``--quick`` changes for every model (a model's ``Job.quick`` adds its own)
+QUICK = dict(num_samples=(1, 10, 100), seeds=2)
 
 
 class ZooModel:
@@ -57,6 +100,8 @@ class ZooModel:
     loss: str = "trace"
     #: which exact references exist, for ``ppzoo list`` (e.g. ``("closed-form evidence",)``)
     references: ClassVar[Tuple[str, ...]] = ()
+    #: how ``ppzoo compare`` fits and evaluates it
+    job: ClassVar[Job] = Job(quick=dict(QUICK, steps=300))
 
     def model(self, *data: torch.Tensor) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -86,6 +131,18 @@ class ZooModel:
         """The neural networks the model and guide register with ``pyro.module``."""
         return {}
 
+    def views(self, *data: torch.Tensor) -> Dict[str, Any]:
+        """The report's own figures of the fitted model on ``data`` (on the CPU):
+        ``{file stem: matplotlib figure}``; none by default."""
+        return {}
+
+    def guide_distribution(self, data, site: str):
+        """The guide's distribution at ``site`` on ``data`` (params from the param store)."""
+        import pyro
+
+        blocked = pyro.poutine.block(self.guide, hide_types=["param"])
+        return pyro.poutine.trace(blocked).get_trace(*data).nodes[site]["fn"]
+
     def to(self, device: Any) -> "ZooModel":
         for net in self.networks().values():
             net.to(device)
@@ -95,31 +152,6 @@ class ZooModel:
         return f"zoo.get({self.name!r})"
 
 
-def check_tensors(data: Data) -> None:
-    """Shared input checks: tensors, non-empty, one leading size, finite values."""
-    if len(data) == 0:
-        raise ValueError("no data given: pass the data tensors, e.g. entry.load_data()")
-    sizes = set()
-    for i, t in enumerate(data):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"data[{i}] is a {type(t).__name__}; convert it with torch.as_tensor(...)"
-            )
-        if t.dim() == 0 or t.shape[0] == 0:
-            raise ValueError(f"data[{i}] has shape {tuple(t.shape)}: it holds no datapoints")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(
-                f"data[{i}] holds {bad} NaN or infinite values; drop or impute them first"
-            )
-        sizes.add(t.shape[0])
-    if len(sizes) > 1:
-        raise ValueError(
-            f"data tensors disagree on the number of datapoints (leading sizes {sorted(sizes)});"
-            " every tensor must have one row per datapoint"
-        )
-
-
 def check_shape(t: torch.Tensor, ndim: int, what: str, last: Optional[int] = None) -> None:
     """Raise a clear error unless ``t`` has ``ndim`` dimensions (and last size ``last``)."""
     if t.dim() != ndim or (last is not None and t.shape[-1] != last):
@@ -127,24 +159,23 @@ def check_shape(t: torch.Tensor, ndim: int, what: str, last: Optional[int] = Non
         raise ValueError(f"{what} must be {want}, got shape {tuple(t.shape)}")
 
 
-_REGISTRY: Dict[str, Type[ZooModel]] = {}
-
-
-def register(cls: Type[ZooModel]) -> Type[ZooModel]:
-    """Class decorator adding a model to the registry under ``cls.name``."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"model name {cls.name!r} is empty or already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+_REGISTRY: Registry[ZooModel] = Registry("model", "known models:", sort=True)
+#: class decorator adding a model to the registry under ``cls.name``
+register = _REGISTRY.register
+#: remove ``name`` from the registry (e.g. a throw-away model in a test)
+unregister = _REGISTRY.unregister
 
 
 def names() -> Tuple[str, ...]:
     """Names of the registered models, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(_REGISTRY.names()))
+
+
+def model_class(name: str) -> Type[ZooModel]:
+    """The registered class of model ``name``."""
+    return _REGISTRY.get(name)
 
 
 def get(name: str, **options: Any) -> ZooModel:
     """A fresh instance of the registered model ``name``; ``options`` go to its constructor."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
-    return _REGISTRY[name](**options)
+    return model_class(name)(**options)

@@ -17,7 +17,7 @@ import torch
 from torch.distributions import constraints
 
 from zoo._deep import DeepLatentModel
-from zoo.base import register
+from zoo.base import QUICK, Job, register
 
 
 @register
@@ -56,6 +56,10 @@ class DLVM(DeepLatentModel):
 
     name = "dlvm"
     summary = "deep latent variable model (MLP decoder), non-amortized per-datapoint Gaussian guide"
+    job = Job(steps=3000, lr=0.02, scope="local",
+              why="per-datapoint Gaussian guide (full-data steps); exact reference by 2-D "
+                  "quadrature",
+              quick=dict(QUICK, steps=300, subset=300, estimate_options={"quadrature_points": 32}))
 
     def __init__(
         self,

@@ -1,5 +1,9 @@
 """Bayesian Gaussian mixture with diagonal covariances.
 
+(Longer than 300 lines on purpose: a zoo model is one file that holds everything about it --
+model, guides, data, simulator, exact references, report views, compare settings and notebook
+helpers.)
+
 Generative story, for K components in D dimensions and N datapoints::
 
     weights            ~ Dirichlet(alpha * 1_K)
@@ -28,6 +32,12 @@ References:
     [3] W. Haerdle (1991). Smoothing Techniques with Implementation in S. Springer.
     [4] D. Arthur, S. Vassilvitskii (2007). k-means++: the advantages of careful
         seeding. SODA 2007 (the seeding used to initialise the guide).
+    [5] A. P. Dempster, N. M. Laird, D. B. Rubin (1977). Maximum likelihood from incomplete
+        data via the EM algorithm. JRSS B 39(1) (:func:`em_gmm`).
+
+Notebook helpers: :func:`em_gmm` (scikit-learn's EM, diagonal covariances [5]),
+:func:`responsibilities` ``p(z_n = k | x_n, params)`` and :func:`match_components` (the
+component permutation closest to a reference).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 
-from zoo.base import Simulated, ZooModel, check_shape, check_tensors, register
+from zoo.base import QUICK, Job, Simulated, ZooModel, check_shape, check_tensors, register
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 FAITHFUL_CSV = os.path.join(DATA_DIR, "faithful.csv")
@@ -76,6 +86,10 @@ class GaussianMixture(ZooModel):
     summary = "Bayesian Gaussian mixture, diagonal covariances; z marginal, enumerated or sampled"
     default_data = "iris (150 x 4, scikit-learn), standardised columns"
     references = ("exact enumeration of the assignments (log_likelihood)",)
+    job = Job(options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global",
+              why="mean-field guide over the globals (assignments summed out); is-guide "
+                  "symmetrises the guide over the 3! component relabellings",
+              quick=dict(QUICK, steps=300))
 
     def __init__(self, K: int = 3, D: int = 4, assignments: str = "marginal",
                  guide: str = "meanfield", shared_variance: bool = False, alpha: float = 1.0,
@@ -242,6 +256,46 @@ class GaussianMixture(ZooModel):
         lp = mix.log_prob(x.reshape(x.shape[0], *(1,) * len(batch), x.shape[-1]))
         return lp.movedim(0, -1)
 
+    # ---- report view ----------------------------------------------------------------
+    def views(self, *data) -> Dict[str, Any]:
+        """The report's view: data (first two dims) coloured by most probable component, component ellipses and
+        the fitted mixture density (marginal in those dims)."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Ellipse
+
+        (x,) = data
+        p = self.params_from_guide()
+        w, locs = p["weights"].cpu(), p["locs"].cpu()
+        sd = p["variances"].cpu().sqrt().expand_as(locs)
+        comp = torch.distributions.Normal(locs[:, :2], sd[:, :2])
+        lab = responsibilities(x, p).argmax(-1)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        if x.shape[1] < 2:
+            g = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)
+            dens = (w * comp.log_prob(g[:, None]).exp()).sum(-1)
+            ax.hist(x[:, 0].numpy(), bins=30, density=True, color="0.8")
+            ax.plot(g.numpy(), dens.numpy(), "k")
+            ax.set(xlabel="x[0]", title="gmm: fitted density")
+            return {"clusters": fig}
+        lo, hi = x[:, :2].min(0).values - 1, x[:, :2].max(0).values + 1
+        gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 150), torch.linspace(lo[1], hi[1], 150),
+                                indexing="xy")
+        g = torch.stack([gx, gy], -1)[..., None, :]
+        dens = (w.log() + comp.log_prob(g).sum(-1)).logsumexp(-1).exp()
+        ax.contour(gx.numpy(), gy.numpy(), dens.numpy(), levels=8, colors="0.6", linewidths=0.7)
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), c=lab.numpy(), cmap="tab10", vmin=-0.5,
+                   vmax=9.5, s=10)
+        for k, ((mx, my), (sx, sy), wk) in enumerate(zip(locs[:, :2].tolist(), sd[:, :2].tolist(),
+                                                       w.tolist())):
+            for r in (1, 2):
+                ax.add_patch(Ellipse((mx, my), 2 * r * sx, 2 * r * sy, fill=False,
+                                     color=plt.get_cmap("tab10")(k % 10), lw=1))
+            ax.plot(mx, my, "x", color="k", ms=8)
+            ax.annotate(f"w={wk:.2f}", (mx, my), xytext=(5, 5), textcoords="offset points", fontsize=8)
+        ax.set(xlabel="x[0]", ylabel="x[1]", title="gmm: clusters (1 and 2 sd) and fitted density")
+        fig.tight_layout()
+        return {"clusters": fig}
+
     # ---- data -------------------------------------------------------------------------
     def load_data(self, path: Optional[str] = None, device: Any = "cpu"):
         """``(x,)`` with ``x`` of shape ``[N, D]``. ``path=None`` or ``"iris"``: iris,
@@ -328,3 +382,49 @@ def _read_csv(path: str) -> np.ndarray:
     if vals.isna().any().any():
         raise ValueError(f"{path!r} has empty cells; drop or impute them first")
     return np.array(vals.to_numpy(dtype=np.float64), dtype=np.float64)  # writable copy
+
+
+# ------------------------------------------------------------ notebook helpers: EM, clusters
+def em_gmm(x: torch.Tensor, K: int, *, seed: int = 0, n_init: int = 5,
+           tol: float = 1e-8, max_iter: int = 2000) -> Dict[str, Any]:
+    """Maximum-likelihood Gaussian mixture with diagonal covariances by EM [5], scikit-learn's
+    ``GaussianMixture(covariance_type="diag", reg_covar=0)``, best of ``n_init`` k-means starts.
+
+    :returns: ``weights [K]``, ``locs [K, D]``, ``variances [K, D]`` (float64 tensors, the
+        parameter names of ``gmm``), ``log_likelihood`` per datapoint ``[N]``, ``bic``,
+        ``converged``.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    xn = x.detach().cpu().double().numpy()
+    gm = GaussianMixture(K, covariance_type="diag", reg_covar=0.0, tol=tol, max_iter=max_iter,
+                         n_init=n_init, random_state=seed).fit(xn)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    return {"weights": t(gm.weights_), "locs": t(gm.means_), "variances": t(gm.covariances_),
+            "log_likelihood": t(gm.score_samples(xn)), "bic": float(gm.bic(xn)),
+            "converged": bool(gm.converged_)}
+
+
+def responsibilities(x: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """``p(z_n = k | x_n, params)`` ``[N, K]`` for a diagonal Gaussian mixture with ``weights
+    [K]``, ``locs [K, D]`` and ``variances`` ``[K, D]`` (or shared ``[D]``), as ``gmm`` names
+    them (e.g. ``entry.params_from_guide()`` or :func:`em_gmm`'s output)."""
+    w, locs, var = params["weights"], params["locs"], params["variances"]
+    xd = x.to(locs.dtype)
+    comp = dist.Normal(locs, var.sqrt().expand_as(locs)).to_event(1).log_prob(xd[:, None, :])
+    return torch.softmax(comp + w.log(), dim=-1)
+
+
+def match_components(locs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The permutation ``perm`` minimising ``sum_k ||locs[perm[k]] - reference[k]||^2``, so that
+    ``locs[perm]`` lines up with ``reference`` (Hungarian algorithm; both ``[K, D]``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = locs.detach().cpu().double()
+    b = reference.detach().cpu().double()
+    if a.shape != b.shape:
+        raise ValueError(f"locs {tuple(a.shape)} and reference {tuple(b.shape)} differ in shape")
+    cost = torch.cdist(b, a).pow(2).numpy()  # rows: reference components
+    _, cols = linear_sum_assignment(cost)
+    return torch.as_tensor(cols, dtype=torch.long)
+

@@ -1,5 +1,9 @@
 """Bayesian linear / logistic regression with a Gaussian prior: MAP is L2-regularised MLE.
 
+(Longer than 300 lines on purpose: a zoo model is one file that holds everything about it --
+model, guides, data, simulator, exact references, report views, compare settings and notebook
+helpers.)
+
 Generative story (``P`` features, ``N`` datapoints, no intercept -- the data are standardised)::
 
     w   ~ Normal(0, s^2 I_P)
@@ -21,21 +25,26 @@ References:
     [3] Bishop (2006), Pattern Recognition and Machine Learning.
     [4] Efron, Hastie, Johnstone & Tibshirani (2004), Least angle regression (diabetes data).
     [5] Street, Wolberg & Mangasarian (1993), Wisconsin diagnostic breast cancer data.
+
+Notebook helpers: :func:`map_path` fits the MAP guide over a grid of prior scales;
+:func:`ridge_path` is scikit-learn's ridge path at the matching ``alpha = noise^2 / s^2`` [1].
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from zoo.base import Simulated, ZooModel, check_tensors, register
+import inference
+from zoo.base import QUICK, Job, Simulated, ZooModel, check_tensors, register
 
 _DATASETS = {"diabetes": 10, "breast_cancer": 30}  # name -> number of features
 
@@ -78,6 +87,10 @@ class MapL2(ZooModel):
     default_data = "scikit-learn diabetes (442 x 10, standardised) or breast cancer (569 x 30)"
     references = ("closed-form evidence", "closed-form posterior")
     symmetries = {}
+    job = Job(options={"guide": "gaussian"}, steps=1500, lr=0.05, scope="global",
+              why="full-covariance Gaussian guide: it contains the exact posterior, and the "
+                  "evidence has a closed form",
+              quick=dict(QUICK, steps=400))
 
     def __init__(
         self,
@@ -195,6 +208,40 @@ class MapL2(ZooModel):
         cov = self.prior_scale**2 * Xd @ Xd.T + self.noise**2 * eye
         return dist.MultivariateNormal(torch.zeros_like(yd), cov).log_prob(yd).to(X.dtype)
 
+    # ---------------------------------------------------------------- report view
+    def views(self, *data) -> Dict[str, Any]:
+        """The report's view: guide mean +- 2 sd per weight, the exact posterior's, and scikit-learn's Ridge."""
+        import matplotlib.pyplot as plt
+
+        X, y = data
+        q = self.guide_distribution(data, "w")
+        mean, sd = q.mean.reshape(-1).numpy(), q.variance.reshape(-1).clamp(min=0).sqrt().numpy()
+        idx = np.arange(len(mean), dtype=float)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.errorbar(idx - 0.12, mean, yerr=2 * sd, fmt="o", capsize=3, label="guide mean +- 2 sd")
+        if self.likelihood == "gaussian":
+            pm, pc = self.posterior(X, y)
+            ax.errorbar(idx + 0.12, pm.numpy(), yerr=2 * pc.diagonal().sqrt().numpy(), fmt="s",
+                        color="k", capsize=3, ms=4, label="exact posterior mean +- 2 sd")
+        if self.ridge_alpha is not None:
+            from sklearn.linear_model import Ridge
+
+            coef = Ridge(alpha=self.ridge_alpha, fit_intercept=False).fit(X.numpy(), y.numpy()).coef_
+            ax.plot(idx, coef, "x", color="r", ms=9, mew=2,
+                    label=f"Ridge(alpha={self.ridge_alpha:.3g})")
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_xticks(idx, self._feature_names(len(mean)), rotation=45)
+        ax.set(ylabel="weight", title="map_l2: weights vs scikit-learn Ridge, posterior intervals")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return {"weights": fig}
+
+    def _feature_names(self, p: int) -> List[str]:
+        from sklearn import datasets
+
+        names = list(getattr(datasets, f"load_{self.dataset}")().feature_names)
+        return names if len(names) == p else [f"w[{i}]" for i in range(p)]
+
     # ---------------------------------------------------------------- data
     def load_data(self, path: Optional[str] = None, device: Any = "cpu") -> Tuple[torch.Tensor, ...]:
         """The default data set, or a user's CSV at ``path`` (features then target in the last
@@ -279,3 +326,58 @@ def _read_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: need at least one row and two columns (features, then the"
                          f" target last), got shape {table.shape}")
     return table[:, :-1], table[:, -1]
+
+
+# ---------------------------------------------------------------- notebook helpers: MAP = ridge
+def _coef_columns(p: int):
+    return [f"w{j}" for j in range(p)]
+
+
+def ridge_path(X: torch.Tensor, y: torch.Tensor, alphas: Iterable[float]) -> pd.DataFrame:
+    """scikit-learn's ``Ridge(alpha, fit_intercept=False)`` coefficients for each ``alpha``
+    (float64): one row per alpha, columns ``alpha, w0, ..., w{P-1}``."""
+    from sklearn.linear_model import Ridge
+
+    Xn = X.detach().cpu().double().numpy()
+    yn = y.detach().cpu().double().numpy()
+    rows = []
+    for a in alphas:
+        coef = Ridge(alpha=float(a), fit_intercept=False).fit(Xn, yn).coef_
+        rows.append([float(a), *coef])
+    return pd.DataFrame(rows, columns=["alpha", *_coef_columns(Xn.shape[1])])
+
+
+def map_path(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    prior_scales: Sequence[float],
+    *,
+    noise: float = 0.7,
+    steps: int = 500,
+    lr: float = 0.05,
+    lr_end: float = 1e-4,
+    warm_start: bool = True,
+    seed: int = 0,
+    device: Any = "cpu",
+) -> pd.DataFrame:
+    """MAP estimates of ``map_l2`` (gaussian likelihood, ``guide="map"``) for each prior scale,
+    by full-batch SVI with Adam, the learning rate decayed geometrically from ``lr`` to
+    ``lr_end``. With ``warm_start`` each fit starts from the previous scale's solution (give the
+    scales in increasing order: the path then starts at ``w = 0``).
+
+    :returns: one row per prior scale: ``prior_scale, alpha`` (= ``noise^2 / s^2``, the matching
+        ridge penalty), ``w0, ..., w{P-1}`` and ``loss`` (the final negative log joint).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    rows = []
+    pyro.clear_param_store()
+    for i, s in enumerate(prior_scales):
+        entry = MapL2(prior_scale=float(s), noise=noise, guide="map")
+        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": (lr_end / lr) ** (1.0 / steps)})
+        res = inference.fit(entry, (X, y), steps=steps, optim=optim, seed=seed, device=device,
+                  progress=False, clear=(i == 0 or not warm_start))
+        w = pyro.param("w_loc").detach().cpu().double().tolist()
+        rows.append([float(s), entry.ridge_alpha, *w, float(res.losses["loss"].iloc[-1])])
+    return pd.DataFrame(rows, columns=["prior_scale", "alpha", *_coef_columns(X.shape[1]), "loss"])
+

@@ -4,11 +4,19 @@ Same generative model as :mod:`zoo.dlvm` (Kingma & Welling [1], see
 :class:`zoo._deep.DeepLatentModel`), but ``q(z_n | x_n)`` is computed from ``x_n`` by an
 encoder network shared by all datapoints, trained jointly with the decoder by the
 reparameterized ELBO gradient [1, 2].
+
+Notebook helpers: :func:`encode`, :func:`decode` and :func:`interpolate` (the latent space),
+:func:`flip_pixels` and :func:`random_images` (out-of-distribution images), and
+:func:`fit_local_guides` -- free per-datapoint Gaussians fitted to the vae's frozen decoder, the
+best the encoder could have done within the same family, so ``ELBO(local) - ELBO(encoder)`` is
+the amortization gap [3].
+
+[3] Cremer, Li, Duvenaud (2018), Inference Suboptimality in Variational Autoencoders, ICML.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -16,8 +24,10 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from zoo._deep import DeepLatentModel, mlp
-from zoo.base import register
+import inference
+from zoo._deep import DeepLatentModel, decode, flip_pixels, mlp, random_images  # noqa: F401
+from zoo.base import QUICK, Job, register
+from zoo.dlvm import DLVM
 
 
 @register
@@ -59,6 +69,10 @@ class VAE(DeepLatentModel):
 
     name = "vae"
     summary = "variational autoencoder: deep latent variable model with an amortized MLP encoder"
+    job = Job(steps=5000, lr=0.01, batch_size=128, scope="local",
+              why="amortized encoder; per-datapoint evidence, exact reference by 2-D quadrature",
+              quick=dict(QUICK, steps=300, batch_size=100, subset=300,
+                         estimate_options={"quadrature_points": 32}))
 
     def __init__(
         self,
@@ -91,3 +105,69 @@ class VAE(DeepLatentModel):
 
     def networks(self) -> Dict[str, nn.Module]:
         return {"decoder": self.decoder, "encoder": self.encoder}
+
+
+# ------------------------------------------------------ notebook helpers: latent space, the gap
+def _deep_options(entry) -> Dict[str, Any]:
+    return dict(latent_dim=entry.latent_dim, hidden=entry.hidden, data_dim=entry.data_dim,
+                likelihood=entry.likelihood, sigma0=entry.sigma0, seed=entry.seed)
+
+
+def encode(entry, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The amortized guide's mean and standard deviation of ``q(z | x)`` for a ``vae``, each
+    ``[N, L]`` (no gradient)."""
+    if not hasattr(entry, "encoder"):
+        raise ValueError(f"{entry!r} has no encoder; encode needs an amortized guide (zoo 'vae')")
+    dev = next(entry.encoder.parameters()).device
+    with torch.no_grad():
+        return entry.encode(x.to(dev))
+
+
+def interpolate(entry, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """Decoded means along the straight line between the encoder means of two images:
+    ``[steps, D]``, first row ``decode(mu(x_a))``, last ``decode(mu(x_b))``."""
+    mu, _ = encode(entry, torch.stack([x_a, x_b]))
+    t = torch.linspace(0, 1, steps, device=mu.device, dtype=mu.dtype)[:, None]
+    return decode(entry, (1 - t) * mu[0] + t * mu[1])
+
+
+def fit_local_guides(
+    vae,
+    data: Any,
+    *,
+    steps: int = 500,
+    lr: float = 0.02,
+    num_particles: int = 1,
+    init: str = "encoder",
+    seed: int = 0,
+    device: Any = "cpu",
+) -> Tuple[Any, "inference.FitResult"]:
+    """Per-datapoint Gaussian guides ``q(z_n) = N(m_n, diag(s_n^2))`` fitted to the fitted
+    ``vae``'s decoder, which is copied and frozen: a ``dlvm`` entry with the same architecture
+    whose decoder does not train. Full-batch SVI with Adam.
+
+    ``init="encoder"`` starts every ``q(z_n)`` at the encoder's ``q(z | x_n)``, so the fit can
+    only improve on the amortized guide; ``init="prior"`` starts at ``dlvm``'s default.
+
+    :returns: ``(dlvm_entry, fit_result)``; the fitted ``z_loc``/``z_scale`` are in Pyro's
+        param store, so ``inference.estimate(dlvm_entry, data, ...)`` evaluates them.
+    """
+    if init not in ("encoder", "prior"):
+        raise ValueError(f"init={init!r}: use 'encoder' or 'prior'")
+    data = data if isinstance(data, (tuple, list)) else (data,)
+    (x,) = data
+    local = DLVM(**_deep_options(vae))
+    local.decoder.load_state_dict(vae.decoder.state_dict())
+    local.decoder.requires_grad_(False).eval()  # not registered with pyro.module: frozen
+    dev = inference.target.resolve_device(device)
+    local.to(dev)
+    pyro.clear_param_store()
+    if init == "encoder":
+        vae.to(dev)
+        loc, scale = encode(vae, x.to(dev))
+        pyro.param("z_loc", loc.clone())
+        pyro.param("z_scale", scale.clone(), constraint=dist.constraints.positive)
+    res = inference.fit(local, data, steps=steps, lr=lr, num_particles=num_particles, seed=seed,
+              device=dev, progress=False, clear=False)
+    return local, res
+

@@ -8,7 +8,7 @@
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
-compare job's for that model (:data:`inference.jobs.JOBS`).
+compare job's for that model (its class's ``job``, :class:`zoo.Job`).
 
 Every check that can fail (model, method, options, data, device, output directory) runs
 before any long work and ends the command with one line on stderr and exit status 2.
@@ -39,7 +39,7 @@ def _echo(line: str) -> None:
 def _parse_options(items: Sequence[str]) -> Dict[str, Any]:
     """``["K=4", "guide=map", "hidden=(64,)"]`` -> ``{"K": 4, "guide": "map", "hidden": [64]}``:
     values are Python literals where they parse as one, else strings."""
-    from inference.jobs import UsageError
+    from zoo.app.jobs import UsageError
 
     options: Dict[str, Any] = {}
     for item in items:
@@ -69,7 +69,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inference import jobs
+    from zoo.app import jobs
 
     jobs.check_models([args.model])
     jobs.check_device(args.device)
@@ -112,12 +112,11 @@ def _data_arg(path: str) -> str:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     import inference
-    from inference import jobs
+    from zoo.app import jobs
     from inference.compare import summarise
-    from inference.estimate import METHODS
     from inference.io import write_with
 
-    methods = jobs.check_methods(args.method or METHODS)
+    methods = jobs.check_methods(args.method or inference.methods())
     ks = args.K or [1, 10, 100, 1000]
     if min(ks) < 1 or args.seeds < 1:
         raise jobs.UsageError("-K values and --seeds must be integers >= 1")
@@ -149,7 +148,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from inference import report
+    from zoo.app import report
 
     plan = report.prepare_compare(args.models, args.out, quick=args.quick, device=args.device,
                                   resume=args.resume)
@@ -158,7 +157,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _fit_interrupted(out: str) -> str:
-    from inference.jobs import CHECKPOINT_FILE
+    from zoo.app.jobs import CHECKPOINT_FILE
 
     if (Path(out) / CHECKPOINT_FILE).is_file():
         return (f"the fit did not finish; its last checkpoint is in {out}: rerun the same "
@@ -231,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from inference.jobs import UsageError
+    from zoo.app.jobs import UsageError
 
     threads = torch.get_num_threads()
     try:

@@ -1,10 +1,7 @@
-"""What the ``ppzoo`` commands share: the per-model settings of the compare job (:data:`JOBS`),
-the checks that run before any long work (each raises :class:`UsageError`), and the fit of one
-model into a run folder (``config.json``, ``state.pt``, ``losses.csv``, ``loss.png``; an
-unfinished fit continues from its ``checkpoint.pt``).
-
-How each model is fitted and estimated is data, not code: one :class:`Job` per model in
-:data:`JOBS`.
+"""What the ``ppzoo`` commands share: each model's compare settings (its class's ``job``, a
+:class:`zoo.Job`), the checks that run before any long work (each raises :class:`UsageError`),
+and the fit of one model into a run folder (``config.json``, ``state.pt``, ``losses.csv``,
+``loss.png``; an unfinished fit continues from its ``checkpoint.pt``).
 """
 
 from __future__ import annotations
@@ -19,9 +16,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pyro
 import torch
 
+import inference
 import zoo
-from inference.estimate import METHODS
 from inference.io import write_text, write_with
+from zoo.base import Job
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.csv"
@@ -37,68 +35,14 @@ class UsageError(Exception):
 
 
 # ---------------------------------------------------------------------------- settings
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """How the compare job fits and evaluates one model.
-
-    :ivar options: keyword arguments of ``zoo.get(model, ...)``.
-    :ivar steps, lr, batch_size: SVI settings; the optimiser is ClippedAdam with the learning
-        rate decaying geometrically to ``lr * lr_decay`` at the last step.
-    :ivar subset: use the first ``subset`` datapoints of the default data (``None``: all).
-    :ivar scope: evidence scope, ``"global"`` (log p(X)) or ``"local"`` (sum of log p(x_n)).
-    :ivar methods, num_samples, seeds: the estimator grid.
-    :ivar estimate_options: extra keywords of :func:`inference.estimate` (e.g. quadrature points).
-    :ivar why: one line for the summary: why this guide and scope.
-    :ivar quick: overrides of the fields above for ``--quick``.
-    """
-
-    model: str
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    steps: int = 1000
-    lr: float = 0.01
-    lr_decay: float = 0.1
-    batch_size: Optional[int] = None
-    subset: Optional[int] = None
-    scope: Optional[str] = None
-    methods: Tuple[str, ...] = METHODS
-    num_samples: Tuple[int, ...] = (1, 10, 100, 1000)
-    seeds: int = 3
-    estimate_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    why: str = ""
-    quick: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def settings(self, quick: bool) -> "Job":
-        return dataclasses.replace(self, **self.quick, quick={}) if quick else self
-
-
-QUICK = dict(num_samples=(1, 10, 100), seeds=2)
-
-#: The compare job's settings, one row per model. Models missing here get ``Job(name)``.
-JOBS: Dict[str, Job] = {
-    job.model: job
-    for job in [
-        Job("map_l2", options={"guide": "gaussian"}, steps=1500, lr=0.05, scope="global",
-            why="full-covariance Gaussian guide: it contains the exact posterior, and the "
-                "evidence has a closed form",
-            quick=dict(QUICK, steps=400)),
-        Job("gmm", options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global",
-            why="mean-field guide over the globals (assignments summed out); is-guide "
-                "symmetrises the guide over the 3! component relabellings",
-            quick=dict(QUICK, steps=300)),
-        Job("vae", steps=5000, lr=0.01, batch_size=128, scope="local",
-            why="amortized encoder; per-datapoint evidence, exact reference by 2-D quadrature",
-            quick=dict(QUICK, steps=300, batch_size=100, subset=300,
-                       estimate_options={"quadrature_points": 32})),
-        Job("dlvm", steps=3000, lr=0.02, scope="local",
-            why="per-datapoint Gaussian guide (full-data steps); exact reference by 2-D "
-                "quadrature",
-            quick=dict(QUICK, steps=300, subset=300, estimate_options={"quadrature_points": 32})),
-    ]
-}
-
-
 def job_for(name: str, quick: bool = False) -> Job:
-    return JOBS.get(name, Job(name)).settings(quick)
+    """The compare job's settings for model ``name`` (its class's ``job``), quick or not."""
+    return zoo.model_class(name).job.settings(quick)
+
+
+def job_methods(job: Job) -> List[str]:
+    """The methods a job runs: its own list, else every registered one."""
+    return list(job.methods) if job.methods is not None else list(inference.methods())
 
 
 # ---------------------------------------------------------------------------- checks
@@ -124,10 +68,11 @@ def check_models(names: Sequence[str]) -> List[str]:
 
 
 def check_methods(methods: Sequence[str]) -> List[str]:
-    unknown = [m for m in methods if m not in METHODS]
+    known = inference.methods()
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(METHODS)}")
+                         f"choose from {', '.join(known)}")
     return list(dict.fromkeys(methods))
 
 
@@ -228,7 +173,6 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
               echo: Callable[[str], None] = print):
     """Fit ``entry`` with ``job``'s settings; write config.json, state.pt, losses.csv,
     loss.png under ``folder``. An existing ``folder/checkpoint.pt`` is continued."""
-    import inference
     from inference.plots import plot_losses
 
     config = fit_config(entry, job, data_path=data_path, seed=seed, device=device)

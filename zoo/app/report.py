@@ -9,15 +9,15 @@ For each model the job fits the model/guide pair by SVI on its default data, the
     MODEL/config.json     how MODEL was fitted (``ppzoo estimate OUT/MODEL`` reads it)
     MODEL/state.pt        fitted params and networks;  MODEL/losses.csv, MODEL/loss.png
     MODEL/estimates.png   estimate vs K;  MODEL/diagnostics.png  ESS and k-hat vs K
-    MODEL/*.png           the model's own views (:data:`MODEL_PLOTS`)
+    MODEL/*.png           the model's own views (``entry.views(*data)``)
 
 Every file is written atomically (:mod:`inference.io`), results row by row as they finish.
 An interrupted run keeps what it finished; ``resume=True`` then skips fitted models (their
 ``state.pt`` exists; an unfinished fit continues from ``MODEL/checkpoint.pt``) and rows
 already in ``results.csv``.
 
-How each model is fitted and estimated is data, not code: one :class:`~inference.jobs.Job` per
-model in :data:`inference.jobs.JOBS`.
+How each model is fitted and estimated is data, not code: each model class's ``job`` (a
+:class:`zoo.Job`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 import torch
 
-from inference.estimate import METHODS
+import inference
+import zoo
+from inference import estimators
 from inference.io import write_text, write_with
-from inference.jobs import (
-    CONFIG_FILE, JOBS, RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, UsageError,
-    check_device, check_models, fit_entry, job_for, load_data, make_entry, prepare_out,
-    save_figure,
+from zoo.app.jobs import (
+    CONFIG_FILE, RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, UsageError,
+    check_device, check_models, fit_entry, job_for, job_methods, load_data, make_entry,
+    prepare_out, save_figure,
 )
-from inference.model_plots import MODEL_PLOTS
 
 # ---------------------------------------------------------------------------- compare job
 @dataclasses.dataclass
@@ -77,8 +78,6 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
 def run_compare(plan: Plan, *, progress: bool = False,
                 echo: Callable[[str], None] = print) -> pd.DataFrame:
     """Run a prepared compare job; returns the results table (all rows so far)."""
-    import inference
-
     out = plan.out
     run = _read_json(out / RUN_FILE) or {"ppzoo": "compare", "models": [], "quick": plan.quick}
     run["models"] = list(dict.fromkeys(run["models"] + plan.models))
@@ -96,9 +95,11 @@ def run_compare(plan: Plan, *, progress: bool = False,
         inference.load_fit(entry, folder, device=plan.device)
         skipped = _read_json(folder / SKIPPED_FILE) or {}
         seeds = list(range(job.seeds))
-        cells = [(m, 0, 0) if m == "exact" else (m, k, s)
-                 for m in job.methods for k in ([0] if m == "exact" else job.num_samples)
-                 for s in ([0] if m == "exact" else seeds)]
+        methods = job_methods(job)
+        ref = {m: estimators.get(m).reference for m in methods}
+        cells = [(m, 0, 0) if ref[m] else (m, k, s)
+                 for m in methods for k in ([0] if ref[m] else job.num_samples)
+                 for s in ([0] if ref[m] else seeds)]
         done = table.done(name)
         todo = [c for c in cells if c not in done and c[0] not in skipped]
         if todo:
@@ -108,7 +109,7 @@ def run_compare(plan: Plan, *, progress: bool = False,
                 reporter(table.add(name, row))
 
             df = inference.compare(
-                entry, data, methods=job.methods, num_samples=job.num_samples, seeds=seeds,
+                entry, data, methods=methods, num_samples=job.num_samples, seeds=seeds,
                 scope=job.scope, device=plan.device, progress=progress, on_row=on_row,
                 skip=lambda m, k, s, done=done: (m, int(k), int(s)) in done,
                 **job.estimate_options)
@@ -160,11 +161,12 @@ class _GroupEcho:
         df = self.table.df
         rows = df[(df["model"] == self.model) & (df["method"] == row["method"])
                   & (df["K"] == row["K"])]
-        if row["method"] != "exact" and len(rows) < self.seeds:
+        reference = _is_reference(row["method"])
+        if not reference and len(rows) < self.seeds:
             return
         ref = rows["reference"].iloc[0]
         err = "" if math.isnan(ref) else f", error {rows['error'].mean():+.4g} vs exact {ref:.6g}"
-        k = "" if row["method"] == "exact" else f" K={row['K']}"
+        k = "" if reference else f" K={row['K']}"
         self.echo(f"{self.model}: {row['method']}{k}: log p(x) {rows['estimate'].mean():.6g} "
                   f"+- {_nanmean(rows['stderr']):.3g}{err}, ESS {_nanmean(rows['ess']):.3g}, "
                   f"k-hat {rows['khat'].max():.3g}, {rows['seconds'].sum():.2f} s")
@@ -192,7 +194,7 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
         fit = config.get("fit", {})
         rows = df[df["model"] == name] if not df.empty else df
         lines += [f"## {name}", ""]
-        job = JOBS.get(name)
+        job = job_for(name) if name in zoo.names() else None
         if job is not None and job.why:
             lines += [f"Setup: {job.why}.", ""]
         if "final_loss_per_datapoint" in fit:
@@ -210,15 +212,18 @@ def write_summary(out: Path, df: pd.DataFrame) -> Path:
         s = summarise(rows)
         per = rows.groupby(["method", "K"])["per_datapoint"].mean().rename("per_datapoint")
         s = s.merge(per.reset_index(), on=["method", "K"])
-        order = ("exact",) + tuple(m for m in METHODS if m != "exact")
-        s["order"] = s["method"].map({m: i for i, m in enumerate(order)})
+        known = inference.methods()
+        order = [m for m in known if _is_reference(m)]
+        order += [m for m in known if m not in order]
+        s["order"] = s["method"].map({m: i for i, m in enumerate(order)}).fillna(len(order))
         s = s.sort_values(["order", "K"])
         lines += ["| method | K | estimate +- stderr | per datapoint | error | ESS | k-hat "
                   "| seconds |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
-            k = "-" if r.method == "exact" else str(int(r.K))
-            est = f"{r.estimate:.2f}" + ("" if math.isnan(r.stderr) or r.method == "exact"
+            exact = _is_reference(r.method)
+            k = "-" if exact else str(int(r.K))
+            est = f"{r.estimate:.2f}" + ("" if math.isnan(r.stderr) or exact
                                          else f" +- {r.stderr:.2f}")
             lines.append(f"| {r.method} | {k} | {est} | {r.per_datapoint:.4f} | "
                          f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | "
@@ -248,17 +253,21 @@ def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) 
     if len(rows):
         paths.append(save_figure(plot_estimates(rows, title=f"{name}: log p(x) vs K"),
                                  folder / "estimates.png"))
-        if (rows["method"] != "exact").any():
+        if (rows["K"] > 0).any():
             fig = plot_diagnostics(rows, title=f"{name}: weight diagnostics")
             paths.append(save_figure(fig, folder / "diagnostics.png"))
     data = tuple(t.detach().cpu() for t in data)
     with torch.no_grad():
-        for stem, fig in MODEL_PLOTS.get(name, lambda *a: {})(entry, data).items():
+        for stem, fig in entry.views(*data).items():
             paths.append(save_figure(fig, folder / f"{stem}.png"))
     return paths
 
 
 # ---------------------------------------------------------------------------- helpers
+def _is_reference(method: str) -> bool:
+    return method in inference.methods() and estimators.get(method).reference
+
+
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(Path(path).read_text())

@@ -1,0 +1,197 @@
+"""The one-way architecture: ``inference`` is an engine that imports nothing from ``zoo``; a
+model is one file, an estimator is one file. The proofs: a throw-away model and a throw-away
+estimator, each written in this test file alone, are picked up by the conformance suite,
+``inference.compare``, ``ppzoo list``, ``ppzoo compare --quick`` and ``ppzoo estimate``."""
+
+import ast
+import contextlib
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+
+import inference
+import zoo
+from inference.estimators import Estimator, register as register_estimator, unregister
+from inference.sampling import sampled
+from zoo import conformance
+from zoo.app.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_no_inference_module_imports_zoo():
+    files = sorted((ROOT / "inference").rglob("*.py"))
+    assert len(files) > 10
+    bad = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f)
+           if m == "zoo" or m.startswith("zoo.")}
+    assert not bad, f"inference/ must not import zoo: {bad}"
+
+
+def test_models_do_not_import_the_application():
+    models = [f for f in (ROOT / "zoo").glob("*.py") if f.name != "__main__.py"]
+    bad = {str(f.relative_to(ROOT)): m for f in models for m in _imports(f)
+           if m.startswith("zoo.app")}
+    assert not bad, f"only the application knows both layers: {bad}"
+
+
+def test_inference_runs_without_zoo_loaded():
+    code = ("import sys, torch, pyro, pyro.distributions as dist, inference\n"
+            "def model(x):\n"
+            "    with pyro.plate('data', len(x)) as i:\n"
+            "        z = pyro.sample('z', dist.Normal(0., 1.))\n"
+            "        pyro.sample('x', dist.Normal(z, 1.), obs=x[i])\n"
+            "def guide(x):\n"
+            "    with pyro.plate('data', len(x)):\n"
+            "        pyro.sample('z', dist.Normal(0., 1.))\n"
+            "est = inference.estimate((model, guide), torch.zeros(3), 'exact')\n"
+            "assert not [m for m in sys.modules if m == 'zoo' or m.startswith('zoo.')]\n"
+            "print(est.log_evidence)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # x_n ~ N(0, 2) marginally: 3 log N(0 | 0, 2)
+    assert float(out.stdout) == pytest.approx(3 * -0.5 * math.log(2 * math.pi * 2), abs=1e-4)
+
+
+# ------------------------------------------------------------------ a throw-away model
+class ThrowAway(zoo.ZooModel):
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 0.5^2); guide q(z_n) = N(m_n, s_n^2)."""
+
+    name = "throwaway"
+    summary = "normal-normal toy written in a test file"
+    default_data = "200 draws from the model"
+    references = ("1-D quadrature",)
+    job = zoo.Job(steps=200, lr=0.05, scope="local", methods=("exact", "elbo", "is-guide"),
+                  why="a test's model", quick=dict(steps=100, num_samples=(1, 10), seeds=2))
+
+    def model(self, x):
+        with pyro.plate("data", len(x)) as idx:
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+
+    def guide(self, x):
+        with pyro.plate("data", len(x)):
+            loc = pyro.param("m", lambda: x.new_zeros(len(x)), event_dim=0)
+            scale = pyro.param("s", lambda: x.new_ones(len(x)), constraint=constraints.positive,
+                               event_dim=0)
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    def check_data(self, *data):
+        zoo.check_tensors(data)
+        if len(data) != 1 or data[0].dim() != 1:
+            raise ValueError("throwaway takes one 1-D tensor x [N]")
+
+    def load_data(self, path=None, device="cpu"):
+        return tuple(t.to(device) for t in self.simulate(200, seed=0).data)
+
+    def simulate(self, num_data, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(num_data, generator=g)
+        return zoo.Simulated(data=(z + 0.5 * torch.randn(num_data, generator=g),), params={"z": z})
+
+    def views(self, x):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.hist(x.numpy())
+        ax.set(title="throwaway: data", xlabel="x", ylabel="count")
+        return {"data": fig}
+
+
+@pytest.fixture
+def throwaway():
+    zoo.register(ThrowAway)
+    yield ThrowAway()
+    zoo.unregister(ThrowAway.name)
+
+
+def run_main(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_a_model_in_one_file_passes_the_conformance_suite(throwaway):
+    assert "throwaway" in zoo.names()
+    assert set(conformance.check_model(throwaway)) == {c.__name__ for c in conformance.CHECKS}
+
+
+def test_a_model_in_one_file_runs_in_ppzoo(throwaway, tmp_path):
+    rc, stdout, _ = run_main(["list"])
+    assert rc == 0 and "throwaway" in stdout and "normal-normal toy" in stdout
+    out = tmp_path / "run"
+    rc, stdout, stderr = run_main(["compare", "throwaway", "--quick", "--no-progress", "--out", out])
+    assert rc == 0, stderr
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["method"]) == {"exact", "elbo", "is-guide"} and set(df["model"]) == {"throwaway"}
+    assert len(df) == 1 + 2 * 2 * 2  # exact once; two methods x two K x two seeds
+    assert (out / "throwaway" / "data.png").is_file() and (out / "throwaway" / "state.pt").is_file()
+    assert "## throwaway" in (out / "summary.md").read_text()
+    # the exact row is the conjugate evidence: x_n ~ N(0, 1.25)
+    (x,) = throwaway.load_data()
+    truth = float(dist.Normal(0.0, 1.25**0.5).log_prob(x.double()).sum())
+    assert df.loc[df["method"] == "exact", "estimate"].item() == pytest.approx(truth, abs=1e-3)
+
+
+# -------------------------------------------------------------- a throw-away estimator
+class GuideTwice(Estimator):
+    """Importance sampling with the guide, written as a user would add a method."""
+
+    name = "is-guide-copy"
+    summary = "is-guide again, registered from a test file"
+
+    def run(self, problem, **options):
+        return sampled(problem, "guide", "log_mean")
+
+
+@pytest.fixture
+def guide_twice():
+    register_estimator(GuideTwice)
+    yield GuideTwice.name
+    unregister(GuideTwice.name)
+
+
+def test_an_estimator_in_one_file_runs_everywhere(guide_twice, throwaway, tmp_path):
+    assert guide_twice in inference.methods()
+    data = throwaway.load_data()
+    inference.fit(throwaway, data, steps=100, lr=0.05, progress=False)
+    ours = inference.estimate(throwaway, data, guide_twice, 50, seed=3)
+    iwae = inference.estimate(throwaway, data, "is-guide", 50, seed=3)
+    assert torch.equal(ours.per_datapoint, iwae.per_datapoint)
+    df = inference.compare(throwaway, data, num_samples=[10], seeds=[0])
+    assert guide_twice in set(df["method"]) and df["error"].notna().all()
+
+    rc, _, stderr = run_main(["fit", "throwaway", "--steps", "50", "--out", tmp_path / "fit"])
+    assert rc == 0, stderr
+    rc, stdout, stderr = run_main(["estimate", tmp_path / "fit", "--method", guide_twice,
+                                   "-K", "10", "--seeds", "1"])
+    assert rc == 0 and guide_twice in stdout, stderr
+    rc, _, stderr = run_main(["estimate", tmp_path / "fit", "--method", "nope"])
+    assert rc == 2 and guide_twice in stderr  # the error lists the registered methods
+
+    # the compare job runs every registered method unless a model names its own
+    zoo.unregister(ThrowAway.name)
+    zoo.register(type("ThrowAwayAll", (ThrowAway,), {"job": zoo.Job(
+        steps=100, lr=0.05, scope="local", quick=dict(num_samples=(10,), seeds=1))}))
+    out = tmp_path / "run"
+    rc, _, stderr = run_main(["compare", "throwaway", "--quick", "--no-progress", "--out", out])
+    assert rc == 0, stderr
+    assert set(pd.read_csv(out / "results.csv")["method"]) == set(inference.methods())
