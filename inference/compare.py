@@ -53,6 +53,7 @@ def compare(
     device: Any = "cpu",
     memory_budget: Optional[int] = None,
     progress: Optional[bool] = None,
+    on_start: Optional[Callable[[str, int, int], None]] = None,
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
     skip: Optional[Callable[[str, int, int], bool]] = None,
     **options: Any,
@@ -63,12 +64,14 @@ def compare(
         A reference method (``"exact"``) gives one row, K = 0, and is skipped where it does not
         apply; the others are skipped where they raise
         :class:`~inference.estimators.NotApplicable` (e.g. ``"is-guide"``/``"elbo"`` with a
-        point-mass guide). The first reference that applies -- asked for or not -- gives every
-        row's ``error``.
+        point-mass guide). The first reference asked for that applies gives every row's
+        ``error`` (NaN without one: a reference can take far longer than the estimates).
     :param num_samples: the K grid.
     :param seeds: seeds for every sampled method.
     :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
+    :param on_start: called as ``on_start(method, K, seed)`` before each estimate starts (e.g. to
+        say that a slow exact reference is running).
     :param on_row: called with each row as it finishes (e.g. to write it out at once).
     :param skip: ``skip(method, K, seed)`` true for rows to leave out (e.g. already done).
     :param options: passed to :func:`estimate` (``fixed``, and the methods' own options such as
@@ -100,8 +103,10 @@ def compare(
     reference = math.nan
     for ref in refs:
         wanted = ref in methods and not (skip and skip(ref, 0, 0))
-        if not (jobs or wanted) or not math.isnan(reference) and not wanted:
-            continue  # a reference is only worth computing if a row will use it
+        if ref not in methods or not (jobs or wanted):
+            continue  # asked for, and some row will show it
+        if on_start is not None:
+            on_start(ref, 0, 0)
         try:
             exact = estimate(tgt, data, ref, **common)
         except ValueError as err:
@@ -115,6 +120,8 @@ def compare(
     for method, k, seed in tqdm(jobs, desc=f"estimate {tgt.name}", disable=not show, leave=False):
         if method in skipped:
             continue
+        if on_start is not None:
+            on_start(method, k, seed)
         try:
             est = estimate(tgt, data, method, k, seed=seed, **common)
         except NotApplicable as err:

@@ -78,6 +78,17 @@ class Estimate:
     def mean_per_datapoint(self) -> float:
         return self.log_evidence / self.num_datapoints
 
+    def __repr__(self) -> str:
+        def num(x: float, spec: str) -> str:
+            return "n/a" if x != x else format(x, spec)
+
+        K = "" if self.num_samples == 0 else f", K={self.num_samples}"
+        return (f"Estimate({self.method!r}, scope={self.scope!r}{K}, "
+                f"log_evidence={self.log_evidence:.4f} +- {num(self.stderr, '.4f')} "
+                f"({self.mean_per_datapoint:.4f} per datapoint, N={self.num_datapoints}), "
+                f"ess={num(self.ess, '.4g')}, khat={num(self.khat, '.3g')}, "
+                f"seconds={self.seconds:.3g})")
+
 
 def estimate(
     target: Any,

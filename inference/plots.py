@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,64 +23,109 @@ def _axes(ax, **kw):
 
 def plot_estimates(df: pd.DataFrame, ax=None, title: Optional[str] = None):
     """Estimate of log p(x) vs K per method (mean over seeds, error bars: 2 x mean stderr),
-    with the exact reference as a horizontal line where there is one."""
-    fig, ax = _axes(ax, figsize=(6, 4))
+    with the exact reference as a horizontal line where there is one. Methods whose every point
+    falls below the frame are named in a note instead of the legend."""
+    fig, ax = _axes(ax, figsize=(7.5, 4))
     s = summarise(df[df["K"] > 0])
-    for method, part in s.groupby("method"):
-        ax.errorbar(part["K"], part["estimate"], yerr=2 * part["stderr"].fillna(0), marker="o",
-                    capsize=3, label=method)
     ref = df["reference"].dropna()
-    if len(ref):
-        ax.axhline(float(ref.iloc[0]), color="k", ls="--", lw=1, label="exact")
-    _zoom(ax, s, float(ref.iloc[0]) if len(ref) else None)
+    reference = float(ref.iloc[0]) if len(ref) else None
+    bottom = _zoom(ax, s, reference)
+    for method, part in s.groupby("method"):
+        label = method if bottom is None or (part["estimate"] >= bottom).any() else None
+        ax.errorbar(part["K"], part["estimate"], yerr=2 * part["stderr"].fillna(0), marker="o",
+                    capsize=3, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label="exact reference")
     ax.set_xscale("log")
-    ax.set_xlabel("K (samples)")
-    ax.set_ylabel("log p(x) estimate")
+    ax.set_xlabel("K (samples per estimate)")
+    n = _num_datapoints(df)
+    ax.set_ylabel(f"log p(x), nats summed over {n} datapoints" if n else "log p(x), nats")
     if title:
         ax.set_title(title)
-    ax.legend()
+    ax.legend(title="error bars: 2 stderr", fontsize=8, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
 
-def _zoom(ax, summary: pd.DataFrame, reference: Optional[float]) -> None:
+def _num_datapoints(df: pd.DataFrame) -> Optional[int]:
+    ok = df[(df["per_datapoint"] != 0) & df["per_datapoint"].notna()]
+    return int(round(ok["estimate"].iloc[0] / ok["per_datapoint"].iloc[0])) if len(ok) else None
+
+
+def _zoom(ax, summary: pd.DataFrame, reference: Optional[float]) -> Optional[float]:
     """Frame the guide-based estimates and the reference: prior Monte Carlo at small K can be
-    orders of magnitude lower and would flatten everything else. Points below are noted."""
+    orders of magnitude lower and would flatten everything else. Points below are noted under
+    the axes; returns the frame's bottom (``None`` if nothing to frame)."""
     guided = summary[summary["method"].isin(["elbo", "is-guide"])]["estimate"]
     values = list(guided) + ([reference] if reference is not None else [])
     if not values:
-        return
+        return None
     lo, hi = min(values), max(values)
     pad = max(hi - lo, 1e-3 * max(1.0, abs(hi)))
     bottom = lo - 1.5 * pad
     ax.set_ylim(bottom, hi + 0.5 * pad)
     below = summary[summary["estimate"] < bottom]
     if len(below):
-        ax.annotate(f"{len(below)} point(s) below the frame: "
-                    + ", ".join(f"{m} K={k}" for m, k in zip(below["method"], below["K"])),
-                    xy=(0.02, 0.02), xycoords="axes fraction", fontsize=7, color="0.3")
+        ax.annotate("below the frame: " + ", ".join(
+                        f"{m} K={k} ({v:.4g})"
+                        for m, k, v in zip(below["method"], below["K"], below["estimate"])),
+                    xy=(0.0, -0.22), xycoords="axes fraction", fontsize=7, color="0.3",
+                    va="top", wrap=True)
+    return bottom
 
 
 def plot_diagnostics(df: pd.DataFrame, title: Optional[str] = None):
-    """Effective sample size (as a fraction of K) and PSIS k-hat vs K per method."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    """Effective sample size (as a fraction of K) and PSIS k-hat vs K per method. Methods that
+    share their weights (elbo and is-guide both weigh the same guide draws) are drawn once, and
+    k-hat is on a scale linear within [-1, 1] and logarithmic beyond, against its threshold
+    ``min(1 - 1/log10(K), 0.7)``."""
+    from inference.weights import khat_threshold
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     s = summarise(df[df["K"] > 0])
+    local = "scope" in df and (df["scope"] == "local").any()
+    groups: dict = {}
+    for method, part in s.groupby("method", sort=False):
+        values = np.nan_to_num(part[["K", "ess", "khat"]].to_numpy(dtype=float), nan=-1.0, posinf=-2.0)
+        key = tuple(np.round(values, 9).ravel())
+        groups.setdefault(key, (part, []))[1].append(method)
     drawn = 0
-    for method, part in s.groupby("method"):
-        a1.plot(part["K"], part["ess"] / part["K"], marker="o", label=method)
+    for part, methods in groups.values():
+        label = " = ".join(methods) + (" (same draws)" if len(methods) > 1 else "")
+        a1.plot(part["K"], part["ess"] / part["K"], marker="o", label=label)
         finite = part[part["khat"].map(math.isfinite)]
-        a2.plot(finite["K"], finite["khat"], marker="o", label=method)
+        if len(finite):
+            a2.plot(finite["K"], finite["khat"], marker="o", label=label)
         drawn += len(finite)
-    a1.set(xscale="log", xlabel="K", ylabel="ESS / K", title="effective sample size")
-    a2.axhline(0.7, color="r", ls=":", lw=1, label="k = 0.7")
-    a2.set(xlabel="K", ylabel="k-hat (max over datapoints)", title="PSIS k-hat")
+    per = " (mean over datapoints)" if local else ""
+    a1.set(xscale="log", xlabel="K (samples per estimate)", ylabel=f"ESS / K{per}",
+           title="effective sample size", ylim=(0, 1.05))
+    all_k = sorted(set(s["K"].astype(int)))
+    a1.set_xticks(all_k, [str(k) for k in all_k])
+    a1.minorticks_off()
+    a2.set(xlabel="K (samples per estimate)",
+           ylabel="k-hat (worst datapoint)" if local else "k-hat", title="PSIS k-hat")
     if drawn:  # a k-hat needs K >= 5 and a tail of more than 4 weights
+        ks = sorted(set(s["K"][s["khat"].map(math.isfinite)].astype(int)))
+        grid = np.geomspace(ks[0] / 1.5, ks[-1] * 1.5, 50)
+        a2.plot(grid, [khat_threshold(int(k)) for k in grid], "r:", lw=1.5,
+                label="threshold min(1 - 1/log10 K, 0.7)")
+        finite = s["khat"][s["khat"].map(math.isfinite)]
+        a2.set_yscale("symlog", linthresh=1.0, linscale=2.0)
+        top = max(1.5, float(finite.max()) * 2)
+        a2.set_ylim(min(-0.6, float(finite.min()) - 0.1), top)
+        ticks = [t for t in (-0.5, 0, 0.5, 0.7, 1, 2, 5, 10, 20, 50, 100, 1000) if t <= top]
+        a2.set_yticks(ticks, [f"{t:g}" for t in ticks])
         a2.set_xscale("log")
+        a2.set_xlim(ks[0] / 1.6, ks[-1] * 1.6)
+        a2.set_xticks(ks, [str(k) for k in ks])
+        a2.minorticks_off()
+        a2.legend(fontsize=8)
     else:
         a2.text(0.5, 0.5, "no k-hat: too few samples\nto fit the tail (K < 25)",
                 transform=a2.transAxes, ha="center", va="center", color="0.4")
-    a1.legend()
-    a2.legend()
+    a1.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

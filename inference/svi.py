@@ -67,6 +67,16 @@ class FitResult:
     def save(self, folder: PathLike) -> Path:
         return save_fit(self, folder)
 
+    def __repr__(self) -> str:
+        tail = self.losses["loss_per_datapoint"].tail(50)
+        final = f"{tail.mean():.4g}" if len(tail) else "n/a"
+        size = sum(t.numel() for t in self.state.get("params", {}).values())
+        size += sum(t.numel() for sd in self.state.get("networks", {}).values()
+                    for t in sd.values())
+        return (f"FitResult({self.target.name!r}, steps={len(self.losses)}, "
+                f"final -ELBO per datapoint={final} (mean of the last {len(tail)}), "
+                f"{size} fitted numbers, seconds={self.seconds:.3g})")
+
 
 class FusedAdam:
     """SVI with one ``torch.optim.Adam`` over every parameter, the default optimiser of :func:`fit`.

@@ -37,6 +37,14 @@ def tail_length(num_samples: int) -> int:
     return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples))))
 
 
+def khat_threshold(num_samples: int) -> float:
+    """The k-hat above which a PSIS or IS estimate from ``S`` draws is unreliable,
+    ``min(1 - 1 / log10(S), 0.7)`` [2]: with fewer draws, a lighter tail is already too heavy."""
+    if num_samples <= 1:
+        return -math.inf
+    return min(1 - 1 / math.log10(num_samples), 0.7)
+
+
 class WeightStats:
     """Streaming per-datapoint statistics of log weights of total count ``num_samples``."""
 

@@ -54,12 +54,71 @@ def cells_of(df, name=None):
 
 
 # ---------------------------------------------------------------------------- compare --quick
+FIGURES = {}  # path -> problems found in the figure saved there, by the quick run
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """``ppzoo compare --quick`` once for the module; every figure it saves is checked as a
+    reader would look at it (:func:`figure_problems`) before it is written."""
+    from zoo.app import jobs as app_jobs
+    from zoo.app import report
+
+    save = app_jobs.save_figure
+
+    def checked(fig, path):
+        FIGURES[str(path)] = figure_problems(fig)
+        return save(fig, path)
+
     out = tmp_path_factory.mktemp("compare") / "run"
-    rc, stdout, stderr = run_main(["compare", "--quick", "--no-progress", "--out", out])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "save_figure", checked)
+        mp.setattr(app_jobs, "save_figure", checked)
+        rc, stdout, stderr = run_main(["compare", "--quick", "--no-progress", "--out", out])
     assert rc == 0, stderr
     return out, stdout
+
+
+def figure_problems(fig):
+    """What a reader would stumble on: a title outside the canvas, an axes that plots data
+    without axis labels, a legend entry whose artist shows nothing inside the frame."""
+    import matplotlib
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    problems = []
+    titles = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax._left_title)]
+    for t in titles:
+        if t is not None and t.get_text() and t.get_visible():
+            bb = t.get_window_extent(renderer)
+            if bb.x0 < canvas.x0 - 1 or bb.x1 > canvas.x1 + 1 or bb.y1 > canvas.y1 + 1:
+                problems.append(f"title {t.get_text()!r} leaves the canvas")
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None:
+            continue  # a colorbar: labelled by its own label, checked with its image
+        plotted = ax.lines or ax.collections or ax.patches
+        if ax.axison and plotted and not ax.images and not (ax.get_xlabel() and ax.get_ylabel()):
+            problems.append(f"axes {ax.get_title()!r} lacks an axis label")
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        for text in legend.get_texts():
+            label = text.get_text()
+            artists = [a for a in ax.lines + ax.collections + ax.containers
+                       if a.get_label() == label]
+            points = []
+            for a in artists:
+                if isinstance(a, matplotlib.container.ErrorbarContainer):
+                    a = a.lines[0]
+                if isinstance(a, matplotlib.lines.Line2D):
+                    points += [tuple(p) for p in a.get_xydata()]
+            if label != "" and artists and points and not any(
+                    np.isfinite(px) and np.isfinite(py) and x0 <= px <= x1 and y0 <= py <= y1
+                    for px, py in points):
+                problems.append(f"legend entry {label!r} is not drawn inside the frame")
+    return problems
 
 
 def test_compare_quick_writes_tidy_results(quick_run):
@@ -97,6 +156,28 @@ def test_compare_quick_writes_tidy_results(quick_run):
         assert np.allclose(iwae.xs(1, level="K"), elbo.xs(1, level="K"), rtol=1e-9), name
 
 
+def test_every_figure_of_the_quick_run_keeps_its_contract(quick_run):
+    assert len(FIGURES) >= 4 * 3
+    bad = {path.split("/run/")[-1]: problems for path, problems in FIGURES.items() if problems}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in bad.items())
+
+
+def test_figure_contract_catches_what_it_checks():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [1, 2], label="seen")
+    ax.plot([1, 2], [50, 60], label="off the frame")
+    ax.set_ylim(0, 3)
+    ax.legend()
+    ax.set_title("a title far too long to fit on this canvas " * 3)
+    problems = figure_problems(fig)
+    plt.close(fig)
+    assert any("leaves the canvas" in p for p in problems)
+    assert any("lacks an axis label" in p for p in problems)
+    assert any("'off the frame'" in p for p in problems)
+
+
 def test_compare_quick_writes_plots_and_summary(quick_run):
     out, stdout = quick_run
     summary = (out / "summary.md").read_text()
@@ -112,7 +193,7 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
         table = [ln for ln in section.splitlines() if ln.startswith("| ")]
         groups = {(m, k) for m, k, _ in expected_cells(name, json.loads(
             (out / name / "skipped.json").read_text()))}
-        assert table[0].startswith("| method | K | estimate +- stderr")
+        assert table[0].startswith("| method | K | log p(x) | stderr | spread |")
         if ("exact", 0) in groups:  # the reference first
             assert table[1].startswith("| exact | - | ")
         assert len(table) == 1 + len(groups)
@@ -255,11 +336,30 @@ def test_list_prints_every_model():
     rc, stdout, _ = run_main(["list"])
     assert rc == 0
     lines = stdout.splitlines()
-    assert [ln.split()[0] for ln in lines] == list(zoo.names())
-    for name, line in zip(zoo.names(), lines):
+    assert [ln for ln in lines if not ln.startswith(" ")] == list(zoo.names())
+    assert max(map(len, lines)) <= 100  # wrapped to the terminal (at most 100 columns)
+    blocks = " ".join(ln.strip() if ln.startswith(" ") else "\n" for ln in lines).split("\n")[1:]
+    for name, block in zip(zoo.names(), blocks):
         entry = zoo.get(name)
-        assert entry.summary in line and entry.default_data in line
-        assert all(ref in line for ref in entry.references)
+        text = " ".join(block.split())
+        assert entry.summary in text and entry.default_data in text
+        assert all(ref in text for ref in entry.references)
+
+
+def test_version_and_help_answer_without_importing_torch():
+    code = ("import sys, contextlib, io\n"
+            "from zoo.app.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['compare', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0\n"
+            "    assert out.getvalue().strip()\n"
+            "print('torch' in sys.modules, 'pyro' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_fit_then_estimate_on_a_user_csv(tmp_path):

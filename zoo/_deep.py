@@ -284,10 +284,14 @@ class DeepLatentModel(ZooModel):
             grid = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
             tiles = torch.nn.functional.pad(self.mean_pixels(grid).reshape(n, n, side, side), (0, 1, 0, 1))
             imgs = tiles.permute(0, 2, 1, 3).reshape(n * (side + 1), n * (side + 1))
-            fig, ax = plt.subplots(figsize=(5, 5))
+            fig, ax = plt.subplots(figsize=(5.5, 5.8))
             ax.imshow(imgs.numpy(), cmap="gray_r", vmin=0, vmax=1)
-            ax.set(xticks=[], yticks=[], title=f"{self.name}: decoder means over a z grid "
-                                               "(z[0] left to right, z[1] bottom to top)")
+            centres = [(side + 1) * i + side / 2 for i in range(n)]
+            labels = [f"{v:.1f}" for v in axis.tolist()]
+            ax.set_xticks(centres, labels, fontsize=7)
+            ax.set_yticks(centres, labels[::-1], fontsize=7)
+            ax.set(xlabel="z[0] (prior quantiles 4% ... 96%)", ylabel="z[1]",
+                   title=f"{self.name}: decoder means E[x | z] over a grid of z")
             fig.tight_layout()
             figs["decoded"] = fig
         m = min(10, len(x))

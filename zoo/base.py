@@ -27,7 +27,7 @@ it with :func:`register`; the conformance suite (:mod:`zoo.conformance`), ``ppzo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -48,8 +48,8 @@ class Job:
     """How the compare job (``ppzoo compare``) fits and evaluates a model: its ``job``.
 
     :ivar options: keyword arguments of ``zoo.get(model, ...)``.
-    :ivar steps, lr, batch_size: SVI settings; the optimiser is ClippedAdam with the learning
-        rate decaying geometrically to ``lr * lr_decay`` at the last step.
+    :ivar steps, lr, batch_size, num_particles: SVI settings; the optimiser is ClippedAdam with
+        the learning rate decaying geometrically to ``lr * lr_decay`` at the last step.
     :ivar subset: use the first ``subset`` datapoints of the default data (``None``: all).
     :ivar scope: evidence scope, ``"global"`` (log p(X)) or ``"local"`` (sum of log p(x_n)).
     :ivar methods: the estimators to run (``None``: every registered one); ``num_samples``,
@@ -64,6 +64,7 @@ class Job:
     lr: float = 0.01
     lr_decay: float = 0.1
     batch_size: Optional[int] = None
+    num_particles: int = 1
     subset: Optional[int] = None
     scope: Optional[str] = None
     methods: Optional[Tuple[str, ...]] = None
@@ -135,6 +136,12 @@ class ZooModel:
         """The report's own figures of the fitted model on ``data`` (on the CPU):
         ``{file stem: matplotlib figure}``; none by default."""
         return {}
+
+    @classmethod
+    def report_notes(cls, rows: Any, options: Dict[str, Any]) -> List[str]:
+        """Sentences for the compare summary, computed from this run's results ``rows`` (a
+        DataFrame of :func:`inference.compare` rows) for a model built with ``options``."""
+        return []
 
     def guide_distribution(self, data, site: str):
         """The guide's distribution at ``site`` on ``data`` (params from the param store)."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -87,9 +87,12 @@ class MapL2(ZooModel):
     default_data = "scikit-learn diabetes (442 x 10, standardised) or breast cancer (569 x 30)"
     references = ("closed-form evidence", "closed-form posterior")
     symmetries = {}
-    job = Job(options={"guide": "gaussian"}, steps=1500, lr=0.05, scope="global",
-              why="full-covariance Gaussian guide: it contains the exact posterior, and the "
-                  "evidence has a closed form",
+    # 3000 steps of 16 particles reach the optimum: the ELBO 0.005 nats under log p(X), guide
+    # sds 0.95-1.02 of the exact ones (1500 steps of one particle stopped 0.8 nats short).
+    job = Job(options={"guide": "gaussian"}, steps=3000, lr=0.05, lr_decay=0.02,
+              num_particles=16, scope="global",
+              why="full-covariance Gaussian guide: its family contains the exact posterior, and "
+                  "the evidence has a closed form",
               quick=dict(QUICK, steps=400))
 
     def __init__(
@@ -208,6 +211,20 @@ class MapL2(ZooModel):
         cov = self.prior_scale**2 * Xd @ Xd.T + self.noise**2 * eye
         return dist.MultivariateNormal(torch.zeros_like(yd), cov).log_prob(yd).to(X.dtype)
 
+    @classmethod
+    def report_notes(cls, rows, options):
+        """Whether the fit reached the exact posterior, measured by this run's ELBO gap."""
+        elbo = rows[(rows["method"] == "elbo") & (rows["K"] == rows["K"].max())]
+        if options.get("guide") != "gaussian" or not len(elbo) or elbo["error"].isna().all():
+            return []
+        gap = -float(elbo["error"].mean())
+        verdict = ("so the fit reached it (the gap is within a few hundredths of a nat)"
+                   if gap < 0.05 else "so this fit has not reached the optimum: run more steps "
+                   "or particles (the full job's 3000 steps of 16 particles get within 0.01)")
+        return [f"The full-covariance guide's family contains the exact posterior, where the ELBO "
+                f"equals log p(X). In this run the ELBO (K = {int(elbo['K'].iloc[0])}) sits "
+                f"{gap:.3f} nats below it, {verdict}."]
+
     # ---------------------------------------------------------------- report view
     def views(self, *data) -> Dict[str, Any]:
         """The report's view: guide mean +- 2 sd per weight, the exact posterior's, and scikit-learn's Ridge."""
@@ -231,7 +248,8 @@ class MapL2(ZooModel):
                     label=f"Ridge(alpha={self.ridge_alpha:.3g})")
         ax.axhline(0, color="0.7", lw=0.8)
         ax.set_xticks(idx, self._feature_names(len(mean)), rotation=45)
-        ax.set(ylabel="weight", title="map_l2: weights vs scikit-learn Ridge, posterior intervals")
+        ax.set(xlabel="feature (standardised)", ylabel="regression weight w",
+               title="map_l2: weights vs scikit-learn Ridge, posterior intervals")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return {"weights": fig}

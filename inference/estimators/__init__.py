@@ -72,12 +72,16 @@ class Estimator:
     :cvar name: the method name (``inference.estimate(..., method=name)``).
     :cvar summary: one line for tables and ``--help``.
     :cvar reference: an exact reference: no K, no seed, one row per comparison.
+    :cvar weighted: its value is an average of importance weights, so its standard error holds
+        only when the weights' tail is light (PSIS k-hat below its threshold); False for the
+        ELBO, whose standard error is that of an average of log weights.
     :cvar options: keyword options :meth:`run` accepts, with their defaults.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     reference: ClassVar[bool] = False
+    weighted: ClassVar[bool] = True
     options: ClassVar[Mapping[str, Any]] = {}
 
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:  # pragma: no cover

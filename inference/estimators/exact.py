@@ -28,7 +28,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
@@ -55,6 +55,7 @@ class Exact(Estimator):
     name = "exact"
     summary = "closed form (global), enumeration or 1-2-D quadrature (local): the reference"
     reference = True
+    weighted = False
     options = {"quadrature_points": 64}
 
     def run(self, problem: Problem, quadrature_points: int = 64, **options: Any) -> Dict[str, Any]:

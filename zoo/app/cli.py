@@ -56,14 +56,28 @@ def _parse_options(items: Sequence[str]) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_list(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
     import zoo
 
-    entries = [zoo.get(name) for name in zoo.names()]
-    width = max(len(e.name) for e in entries)
-    for e in entries:
-        refs = "; ".join(e.references) or "none"
-        print(f"{e.name:<{width}}  {e.summary} | data: {e.default_data} | exact: {refs}")
+    width = max(40, min(shutil.get_terminal_size().columns, 100))
+    for e in (zoo.get(name) for name in zoo.names()):
+        print(e.name)
+        for label, text in (("", e.summary), ("data: ", e.default_data),
+                            ("exact: ", "; ".join(e.references) or "none")):
+            print(textwrap.fill(label + text, width, initial_indent="  ",
+                                subsequent_indent="    "))
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ppzoo")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -113,7 +127,6 @@ def _data_arg(path: str) -> str:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import inference
     from zoo.app import jobs
-    from inference.compare import summarise
     from inference.io import write_with
 
     methods = jobs.check_methods(args.method or inference.methods())
@@ -135,16 +148,42 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     df = inference.compare(
         entry, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
+        on_start=lambda m, k, s: _reference_started(m, config["model"]),
         **config.get("estimate_options", {}))
     for method, reason in df.attrs.get("skipped", {}).items():
         _echo(f"{method} skipped: {reason}")
     path = folder / "estimates.csv"
     write_with(path, lambda tmp: df.to_csv(tmp, index=False))
     if len(df):
-        cols = ["method", "K", "estimate", "seed_sd", "stderr", "ess", "khat", "error", "seconds"]
-        _echo(summarise(df)[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        _echo(_estimate_table(df))
     _echo(f"wrote {path} ({len(df)} rows)")
     return 0
+
+
+def _reference_started(method: str, model: str) -> None:
+    from inference import estimators
+
+    if estimators.get(method).reference:
+        _echo(f"{model}: computing the {method} reference (quadrature over every datapoint "
+              "can take a minute) ...")
+
+
+def _estimate_table(df) -> str:
+    """Mean over seeds per method and K, to 0.01 nat, with the per-datapoint value."""
+    from inference.compare import summarise
+
+    s = summarise(df)
+    per = df.groupby(["method", "K"])["per_datapoint"].mean().reset_index()
+    s = s.merge(per, on=["method", "K"])
+    fmt = {"estimate": "{:.2f}", "stderr": "{:.2f}", "seed_sd": "{:.2f}",
+           "per_datapoint": "{:.4f}", "error": "{:+.2f}", "ess": "{:.3g}", "khat": "{:.2f}",
+           "seconds": "{:.3f}"}
+    table = s[["method", "K", *fmt]].copy()
+    for col, f in fmt.items():
+        table[col] = [("-" if v != v else f.format(v)) for v in table[col]]
+    return table.rename(columns={"estimate": "log p(x)", "seed_sd": "spread",
+                                 "per_datapoint": "per datapoint", "khat": "k-hat",
+                                 "seconds": "s/estimate"}).to_string(index=False)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -173,6 +212,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="ppzoo: a zoo of Pyro models, SVI fits and evidence estimators.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", help="registered models: summary, default data, exact references")
@@ -186,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "more threads contend with other processes)")
 
     f = sub.add_parser("fit", parents=[common], help="fit a model by SVI and save it")
-    f.add_argument("model", metavar="MODEL")
+    f.add_argument("model", metavar="MODEL", help="a registered model (see ppzoo list)")
     f.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     f.add_argument("--data", metavar="PATH", help="data file (default: the model's embedded data)")
     f.add_argument("--subset", type=int, metavar="N", help="use the first N datapoints")
@@ -196,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, help="initial learning rate (default: per model)")
     f.add_argument("--lr-decay", type=float, metavar="F",
                    help="learning rate at the last step as a fraction of --lr (default 0.1)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0,
+                   help="seeds the initialisation, the particles and the minibatch order "
+                        "(default 0)")
     f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model constructor option, e.g. --option guide=gaussian K=4")
     f.add_argument("--resume", action="store_true",
@@ -214,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", parents=[common],
                        help="fit every model and compare every estimator (the full report)")
     c.add_argument("models", nargs="*", metavar="MODEL", help="default: every registered model")
-    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
     c.add_argument("--quick", action="store_true",
-                   help="about a minute: fewer steps, K in (1, 10, 100), 2 seeds, data subsets")
+                   help="a quick look: short fits, K in (1, 10, 100), 2 seeds, data subsets")
     c.add_argument("--resume", action="store_true",
                    help="continue a previous run in DIR: skip fitted models and finished rows")
 

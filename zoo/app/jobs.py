@@ -6,12 +6,11 @@ and the fit of one model into a run folder (``config.json``, ``state.pt``, ``los
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyro
 import torch
@@ -148,7 +147,8 @@ def fit_config(entry, job: Job, *, data_path: Optional[str], seed: int, device: 
         "model": entry.name, "options": job.options, "data": data_path, "subset": job.subset,
         "scope": job.scope, "estimate_options": job.estimate_options,
         "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
-                "batch_size": job.batch_size, "seed": seed, "device": device},
+                "batch_size": job.batch_size, "num_particles": job.num_particles, "seed": seed,
+                "device": device},
     }
 
 
@@ -179,7 +179,7 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
     write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
     optim = pyro.optim.ClippedAdam({"lr": job.lr, "lrd": job.lr_decay ** (1 / max(job.steps, 1))})
     result = inference.fit(entry, data, steps=job.steps, optim=optim, batch_size=job.batch_size,
-                           seed=seed, device=device, progress=progress,
+                           num_particles=job.num_particles, seed=seed, device=device, progress=progress,
                            checkpoint=folder / CHECKPOINT_FILE,
                            checkpoint_every=max(50, job.steps // 10))
     result.save(folder)

@@ -5,7 +5,8 @@ For each model the job fits the model/guide pair by SVI on its default data, the
 
     run.json              what was run (marks OUT as a compare run, for --resume)
     results.csv           one row per model x method x K x seed (tidy; a ``model`` column)
-    summary.md            per model: estimate +- stderr per method and K, error, ESS, k-hat
+    summary.md            a legend, then per model: estimate, stderr, spread across seeds,
+                          error, ESS, k-hat per method and K (:mod:`zoo.app.summary`)
     MODEL/config.json     how MODEL was fitted (``ppzoo estimate OUT/MODEL`` reads it)
     MODEL/state.pt        fitted params and networks;  MODEL/losses.csv, MODEL/loss.png
     MODEL/estimates.png   estimate vs K;  MODEL/diagnostics.png  ESS and k-hat vs K
@@ -34,11 +35,11 @@ import pandas as pd
 import torch
 
 import inference
-import zoo
 from inference import estimators
 from inference.io import write_text, write_with
+from zoo.app import summary
 from zoo.app.jobs import (
-    CONFIG_FILE, RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, UsageError,
+    RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, UsageError,
     check_device, check_models, fit_entry, job_for, job_methods, load_data, make_entry,
     prepare_out, save_figure,
 )
@@ -161,82 +162,34 @@ class _GroupEcho:
         df = self.table.df
         rows = df[(df["model"] == self.model) & (df["method"] == row["method"])
                   & (df["K"] == row["K"])]
-        reference = _is_reference(row["method"])
+        reference = summary.is_reference(row["method"])
         if not reference and len(rows) < self.seeds:
             return
+        if reference:
+            self.echo(f"{self.model}: {row['method']} reference: log p(x) "
+                      f"{rows['estimate'].iloc[0]:.6g}, {rows['seconds'].iloc[0]:.2f} s")
+            return
         ref = rows["reference"].iloc[0]
-        err = "" if math.isnan(ref) else f", error {rows['error'].mean():+.4g} vs exact {ref:.6g}"
-        k = "" if reference else f" K={row['K']}"
-        self.echo(f"{self.model}: {row['method']}{k}: log p(x) {rows['estimate'].mean():.6g} "
-                  f"+- {_nanmean(rows['stderr']):.3g}{err}, ESS {_nanmean(rows['ess']):.3g}, "
-                  f"k-hat {rows['khat'].max():.3g}, {rows['seconds'].sum():.2f} s")
+        n = len(rows)
+        spread = f" (spread over {n} seeds {rows['estimate'].std():.3g})" if n > 1 else ""
+        err = "" if math.isnan(ref) else f", error {rows['error'].mean():+.4g}"
+        khat = rows["khat"].max()
+        khat = "k-hat n/a (K < 25)" if math.isinf(khat) else f"k-hat {khat:.3g}"
+        self.echo(f"{self.model}: {row['method']} K={row['K']}: log p(x) "
+                  f"{rows['estimate'].mean():.6g} +- {_stderr(rows['stderr'])}{spread}{err}, "
+                  f"ESS {_nanmean(rows['ess']):.3g}, {khat}, "
+                  f"{rows['seconds'].mean():.2f} s per estimate")
 
 
 # ---------------------------------------------------------------------------- summary
 def write_summary(out: Path, df: pd.DataFrame) -> Path:
-    """``summary.md``: one table per model, mean over seeds per method and K."""
-    from inference.compare import summarise
-
-    run = _read_json(out / RUN_FILE) or {}
-    lines = [
-        "# ppzoo compare", "",
-        f"Updated {_now()}; {'--quick; ' if run.get('quick') else ''}"
-        f"device {run.get('device', 'cpu')}.",
-        "Each row: mean over seeds of the estimate of log p(x) (summed over datapoints), "
-        "+- the mean standard error; *error* = estimate - exact reference; *ESS* = effective "
-        "sample size of the importance weights (mean over seeds); *k-hat* = PSIS Pareto k "
-        "(max over seeds and datapoints; above 0.7 the estimate is unreliable); *seconds* "
-        "per estimate (mean over seeds).", "",
-    ]
-    for name in run.get("models", []):
-        folder = out / name
-        config = _read_json(folder / CONFIG_FILE) or {}
-        fit = config.get("fit", {})
-        rows = df[df["model"] == name] if not df.empty else df
-        lines += [f"## {name}", ""]
-        job = job_for(name) if name in zoo.names() else None
-        if job is not None and job.why:
-            lines += [f"Setup: {job.why}.", ""]
-        if "final_loss_per_datapoint" in fit:
-            lines.append(f"Fit: options {config.get('options')}, {fit['steps']} steps, lr "
-                         f"{fit['lr']} (decaying to x{fit['lr_decay']}), batch "
-                         f"{fit['batch_size'] or 'all'}, data rows "
-                         f"{config.get('subset') or 'all'}; final -ELBO per datapoint "
-                         f"{fit['final_loss_per_datapoint']:.4g} ({fit['seconds']:.1f} s).")
-        for method, reason in (_read_json(folder / SKIPPED_FILE) or {}).items():
-            lines += ["", f"Skipped {method}: {reason}"]
-        lines.append("")
-        if len(rows) == 0:
-            lines += ["(no estimates yet)", ""]
-            continue
-        s = summarise(rows)
-        per = rows.groupby(["method", "K"])["per_datapoint"].mean().rename("per_datapoint")
-        s = s.merge(per.reset_index(), on=["method", "K"])
-        known = inference.methods()
-        order = [m for m in known if _is_reference(m)]
-        order += [m for m in known if m not in order]
-        s["order"] = s["method"].map({m: i for i, m in enumerate(order)}).fillna(len(order))
-        s = s.sort_values(["order", "K"])
-        lines += ["| method | K | estimate +- stderr | per datapoint | error | ESS | k-hat "
-                  "| seconds |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in s.itertuples():
-            exact = _is_reference(r.method)
-            k = "-" if exact else str(int(r.K))
-            est = f"{r.estimate:.2f}" + ("" if math.isnan(r.stderr) or exact
-                                         else f" +- {r.stderr:.2f}")
-            lines.append(f"| {r.method} | {k} | {est} | {r.per_datapoint:.4f} | "
-                         f"{_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | "
-                         f"{_fmt(r.khat, '.2f')} | "
-                         f"{r.seconds:.3f} |")
-        first = {"loss.png": 0, "estimates.png": 1, "diagnostics.png": 2}
-        pngs = sorted((p.name for p in folder.glob("*.png")), key=lambda n: (first.get(n, 3), n))
-        lines += [""] + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
-    return write_text("\n".join(lines), out / SUMMARY_FILE)
+    """``summary.md`` (:mod:`zoo.app.summary`) for the run in ``out``."""
+    return summary.write_summary(out, df, _read_json(out / RUN_FILE) or {})
 
 
-def _fmt(x: float, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+def _stderr(s: pd.Series) -> str:
+    mean = _nanmean(s)
+    return "n/a" if math.isnan(mean) else f"{mean:.3g}"
 
 
 def _nanmean(s: pd.Series) -> float:
@@ -264,10 +217,6 @@ def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) 
 
 
 # ---------------------------------------------------------------------------- helpers
-def _is_reference(method: str) -> bool:
-    return method in inference.methods() and estimators.get(method).reference
-
-
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(Path(path).read_text())
@@ -276,4 +225,4 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,187 @@
+"""``summary.md`` of a compare run: a legend in plain words, then per model how it was fitted, one
+table of estimates, and notes computed from the same run's numbers (never typed in).
+
+A standard error is printed only where it means something: the delta-method standard error of an
+importance-sampling estimate assumes the weights have a finite variance, which PSIS's k-hat
+checks [1]. Where k-hat exceeds the sample-size-dependent threshold ``min(1 - 1/log10(K), 0.7)``
+or the effective sample size is below 5, the standard error is marked and the spread across
+seeds is the honest error bar.
+
+[1] Vehtari, Simpson, Gelman, Yao, Gabry (2024), Pareto Smoothed Importance Sampling, JMLR.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+import inference
+import zoo
+from inference import estimators
+from inference.compare import summarise
+from inference.io import write_text
+from inference.weights import khat_threshold
+
+MIN_ESS = 5.0
+
+LEGEND = """\
+How to read the tables:
+
+- **log p(x)** -- the log marginal likelihood (the evidence) of the data under the fitted model,
+  in nats, summed over all datapoints; *per datapoint* divides it by their number N.
+- **Methods.** *exact*: the reference, computed without sampling (closed form, enumeration or
+  quadrature). *elbo*: the average of log w over K draws z from the guide q, where
+  w = p(x, z) / q(z) -- the lower bound that training maximises. *is-guide*: log of the average
+  of w over K guide draws (importance sampling; the IWAE bound), which rises towards log p(x)
+  as K grows. *is-prior*: the same with draws from the prior, w = p(x | z) -- needs no guide,
+  but wastes most draws when the posterior is narrow.
+- **K** -- the number of samples per estimate (per datapoint where the estimate is per
+  datapoint). Mixture components are called C, not K.
+- **stderr** -- the standard error of one estimate, from its own samples; **spread** -- the
+  standard deviation of the estimate across the seeds (independent repeats). When both are
+  honest they agree. A stderr marked `!` cannot be trusted (the weights are too heavy-tailed:
+  k-hat above its threshold, or fewer than 5 effective samples): read the spread instead.
+- **error** -- estimate minus the exact reference, where there is one. Importance-sampling
+  estimates of log p(x) are biased low at small K, which no stderr shows.
+- **ESS** -- effective sample size of the importance weights, (sum w)^2 / sum w^2: how many
+  equally weighted draws the K draws are worth (mean over seeds, and over datapoints where the
+  estimate is per datapoint). **k-hat** -- the shape of a Pareto tail fitted to the largest
+  weights (PSIS): below the threshold min(1 - 1/log10(K), 0.7) the estimate is reliable, above
+  it the variance may be infinite. The worst over seeds (and datapoints) is shown.
+- **s / estimate** -- seconds one estimate took (mean over seeds).
+"""
+
+
+def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
+    """Write ``out/summary.md`` for the rows ``df`` of the compare run described by ``run``."""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# ppzoo compare", "",
+             f"Updated {when}; {'--quick (short fits, small K); ' if run.get('quick') else ''}"
+             f"device {run.get('device', 'cpu')}.", "", LEGEND]
+    for name in run.get("models", []):
+        rows = df[df["model"] == name] if not df.empty else df
+        lines += model_section(name, out / name, rows)
+    return write_text("\n".join(lines), out / "summary.md")
+
+
+def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
+    config = _read_json(folder / "config.json") or {}
+    fit = config.get("fit", {})
+    cls = zoo.model_class(name) if name in zoo.names() else None
+    lines = [f"## {name}", ""]
+    if cls is not None and cls.job.why:
+        lines += [f"Setup: {cls.job.why}.", ""]
+    if "final_loss_per_datapoint" in fit:
+        options = ", ".join(f"{k}={v}" for k, v in config.get("options", {}).items()) or "defaults"
+        lines += [f"Fit: model options {options}; {fit['steps']} SVI steps, learning rate "
+                  f"{fit['lr']} decaying to {fit['lr'] * fit['lr_decay']:.3g}, "
+                  f"{fit.get('num_particles', 1)} particle(s) per step, batch "
+                  f"{fit['batch_size'] or 'all'}, {config.get('subset') or 'all'} datapoints; "
+                  f"final -ELBO per datapoint {fit['final_loss_per_datapoint']:.4g} "
+                  f"({fit['seconds']:.1f} s).", ""]
+    for method, reason in (_read_json(folder / "skipped.json") or {}).items():
+        lines += [f"Not run: {method} -- {reason}.", ""]
+    if len(rows) == 0:
+        return lines + ["(no estimates yet)", ""]
+    table, notes = estimate_table(rows)
+    lines += table + [""]
+    computed = reference_notes(rows)
+    if cls is not None:
+        computed += cls.report_notes(rows, config.get("options", {}))
+    lines += [f"- {n}" for n in notes + computed] + ([""] if notes or computed else [])
+    first = {"loss.png": 0, "estimates.png": 1, "diagnostics.png": 2}
+    pngs = sorted((p.name for p in folder.glob("*.png")), key=lambda n: (first.get(n, 3), n))
+    return lines + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
+
+
+def estimate_table(rows: pd.DataFrame):
+    """The markdown table of ``rows`` (mean over seeds per method and K) and its footnotes."""
+    s = summarise(rows)
+    per = rows.groupby(["method", "K"])["per_datapoint"].mean().rename("per_datapoint")
+    s = s.merge(per.reset_index(), on=["method", "K"])
+    known = inference.methods()
+    order = [m for m in known if is_reference(m)] + [m for m in known if not is_reference(m)]
+    s["order"] = s["method"].map({m: i for i, m in enumerate(order)}).fillna(len(order))
+    s = s.sort_values(["order", "K"])
+    used = set()
+    out = ["| method | K | log p(x) | stderr | spread | per datapoint | error | ESS | k-hat "
+           "| s / estimate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in s.itertuples():
+        if is_reference(r.method):
+            out.append(f"| {r.method} | - | {r.estimate:.2f} | - | - | {r.per_datapoint:.4f} | "
+                       f"(reference) | - | - | {r.seconds:.3f} |")
+            continue
+        stderr = _fmt(r.stderr, ".2f")
+        if stderr != "-" and weighted(r.method) and untrusted(r.khat, r.ess, int(r.K)):
+            stderr += " !"
+            used.add("!")
+        if r.K == 1:
+            stderr = "-"
+        khat = _fmt(r.khat, ".2f")
+        if math.isinf(r.khat):
+            khat = "n/a *"
+            used.add("*")
+        spread = _fmt(r.seed_sd, ".2f") if r.seeds > 1 else "-"
+        out.append(f"| {r.method} | {int(r.K)} | {r.estimate:.2f} | {stderr} | {spread} | "
+                   f"{r.per_datapoint:.4f} | {_fmt(r.error, '+.2f')} | {_fmt(r.ess, '.3g')} | "
+                   f"{khat} | {r.seconds:.3f} |")
+    notes = []
+    if "!" in used:
+        notes.append("`!` stderr not trustworthy here (k-hat above min(1 - 1/log10(K), 0.7) or "
+                     f"ESS below {MIN_ESS:g}): use the spread across seeds.")
+    if "*" in used:
+        notes.append("`n/a *` k-hat: too few samples to fit a tail (needs K >= 25).")
+    return out, notes
+
+
+def reference_notes(rows: pd.DataFrame) -> List[str]:
+    """What this run's numbers say about the gap between the ELBO and the reference, and how
+    much of it importance sampling closed (only where the run has a reference)."""
+    ref = rows["reference"].dropna()
+    sampled = rows[rows["K"] > 0]
+    if not len(ref) or not len(sampled):
+        return []
+    n = int(round(rows["estimate"].iloc[0] / rows["per_datapoint"].iloc[0]))
+    k = int(sampled["K"].max())
+    mean = sampled[sampled["K"] == k].groupby("method")["error"].mean()
+    if "elbo" not in mean or "is-guide" not in mean:
+        return []
+    gap, closed = -mean["elbo"], -mean["is-guide"]
+    text = (f"At K = {k} the ELBO sits {gap:.3g} nats ({gap / n:.3g} per datapoint) below the "
+            "reference: the gap KL(q || posterior), which only a better guide closes. ")
+    if 0 <= closed <= gap:
+        text += (f"is-guide at the same K is {closed:.3g} nats below it: importance sampling "
+                 f"closed {100 * (1 - closed / gap):.0f}% of the gap.")
+    else:
+        text += (f"is-guide at the same K is {-closed:+.3g} nats from it, which is within its "
+                 "noise when the stderr (or the spread) is as large.")
+    return [text]
+
+
+def is_reference(method: str) -> bool:
+    return method in inference.methods() and estimators.get(method).reference
+
+
+def weighted(method: str) -> bool:
+    """Whether ``method``'s standard error rests on importance weights (and so on k-hat)."""
+    return method in inference.methods() and estimators.get(method).weighted
+
+
+def untrusted(khat: float, ess: float, K: int) -> bool:
+    return (not math.isnan(khat) and khat > khat_threshold(K)) or (not math.isnan(ess) and ess < MIN_ESS)
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
