@@ -57,6 +57,8 @@ class Estimate:
     :ivar per_datapoint: ``log p(x_n)`` per datapoint (local scope), else ``None``; likewise
         ``stderr_per_datapoint``, ``ess_per_datapoint``, ``khat_per_datapoint``.
     :ivar diagnostics: method-specific checks (e.g. the quadrature's own error estimate).
+    :ivar log_weights: with ``keep_weights=True``, every log importance weight: ``[K, N]`` in
+        local scope, ``[K]`` in global scope (for PSIS, ``az.loo``-style analyses, plots).
     """
 
     method: str
@@ -73,6 +75,7 @@ class Estimate:
     ess_per_datapoint: Optional[torch.Tensor] = None
     khat_per_datapoint: Optional[torch.Tensor] = None
     diagnostics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    log_weights: Optional[torch.Tensor] = None
 
     @property
     def mean_per_datapoint(self) -> float:
@@ -101,6 +104,7 @@ def estimate(
     device: Any = "cpu",
     memory_budget: Optional[int] = None,
     fixed: Optional[Dict[str, torch.Tensor]] = None,
+    keep_weights: bool = False,
     **options: Any,
 ) -> Estimate:
     """Estimate ``log p(data)`` under ``target`` with ``method`` and ``num_samples`` (K).
@@ -117,6 +121,8 @@ def estimate(
         with streaming reductions, so any K runs in this budget. Default: ``DEFAULT_BUDGET``
         for the device (64 MiB on CPU, 1 GiB on CUDA).
     :param fixed: values of global latents to hold fixed in local scope.
+    :param keep_weights: also return every log weight (``Estimate.log_weights``; K x N numbers,
+        so mind the memory for large K).
     :param options: the method's own options, e.g. ``quadrature_points=64`` (grid points per
         latent axis of ``exact``'s quadrature). Options of other registered methods are
         accepted and ignored, so one set of options serves a whole comparison.
@@ -142,7 +148,8 @@ def estimate(
     mpn = tgt.plate_nesting(data)
     scope, fixed = resolve_scope(tgt, data, scope, fixed)
     problem = Problem(target=tgt, data=data, scope=scope, max_plate_nesting=mpn, fixed=fixed,
-                      num_samples=num_samples, memory_budget=memory_budget)
+                      num_samples=num_samples, memory_budget=memory_budget,
+                      keep_weights=keep_weights)
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():

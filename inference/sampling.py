@@ -39,12 +39,18 @@ def sampled(problem: Problem, proposal: str, statistic: str,
     tgt, data, mpn, local = problem.target, problem.data, problem.max_plate_nesting, problem.local
     fixed, K, budget = problem.fixed, problem.num_samples, problem.memory_budget
 
+    kept: list = []  # with keep_weights: (datapoint chunk, log weights), the pilot first
+
     def weights(start, count, idx):
         kw = dict(max_plate_nesting=mpn, proposal=proposal, local=local, indices=idx, fixed=fixed)
         if correction is None:
-            return log_weights(tgt, data, count, **kw)
-        lw, _, guide_tr = log_weights(tgt, data, count, with_traces=True, **kw)
-        return lw + correction(problem, count, guide_tr)
+            lw = log_weights(tgt, data, count, **kw)
+        else:
+            lw, _, guide_tr = log_weights(tgt, data, count, with_traces=True, **kw)
+            lw = lw + correction(problem, count, guide_tr)
+        if problem.keep_weights:
+            kept.append((idx, lw))
+        return lw
 
     if proposal == "guide":
         check_proposal(problem)
@@ -66,7 +72,25 @@ def sampled(problem: Problem, proposal: str, statistic: str,
     if local:
         fields.update(per_datapoint=value, stderr_per_datapoint=err,
                       ess_per_datapoint=ess, khat_per_datapoint=khat)
+    if problem.keep_weights:
+        fields["log_weights"] = _assemble(kept[1:], local)  # the first call is stream's pilot
     return fields
+
+
+def _assemble(chunks, local: bool) -> torch.Tensor:
+    """The ``[K, N]`` (local) or ``[K]`` (global) log weights from the chunks in stream order:
+    particle chunks within datapoint chunks."""
+    if not local:
+        return torch.cat([lw for _, lw in chunks])
+    columns, current, parts = [], None, []
+    for idx, lw in chunks:
+        if current is not None and idx is not current:
+            columns.append(torch.cat(parts))
+            parts = []
+        current = idx
+        parts.append(lw)
+    columns.append(torch.cat(parts))
+    return torch.cat(columns, 1)
 
 
 def check_proposal(problem: Problem) -> None:

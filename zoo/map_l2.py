@@ -247,14 +247,15 @@ class MapL2(ZooModel):
             ax.plot(idx, coef, "x", color="r", ms=9, mew=2,
                     label=f"Ridge(alpha={self.ridge_alpha:.3g})")
         ax.axhline(0, color="0.7", lw=0.8)
-        ax.set_xticks(idx, self._feature_names(len(mean)), rotation=45)
+        ax.set_xticks(idx, self.feature_names(len(mean)), rotation=45)
         ax.set(xlabel="feature (standardised)", ylabel="regression weight w",
                title="map_l2: weights vs scikit-learn Ridge, posterior intervals")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return {"weights": fig}
 
-    def _feature_names(self, p: int) -> List[str]:
+    def feature_names(self, p: int) -> List[str]:
+        """Names of the default data set's ``p`` features (``w[i]`` if it has another number)."""
         from sklearn import datasets
 
         names = list(getattr(datasets, f"load_{self.dataset}")().feature_names)

@@ -51,6 +51,7 @@ class Problem:
     :ivar fixed: values the global latents are held at (local scope), else ``None``.
     :ivar num_samples: K.
     :ivar memory_budget: bytes one chunk may allocate.
+    :ivar keep_weights: keep every log weight (``Estimate.log_weights``), e.g. for arviz.
     """
 
     target: Target
@@ -60,6 +61,7 @@ class Problem:
     fixed: Optional[Dict[str, torch.Tensor]]
     num_samples: int
     memory_budget: int
+    keep_weights: bool = False
 
     @property
     def local(self) -> bool:
