@@ -25,16 +25,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Tuple
 
-import numpy as np
 import pyro
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-
-def tail_length(num_samples: int) -> int:
-    """PSIS's tail length ``M`` for ``K`` iid draws (relative efficiency 1), as in arviz."""
-    return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples))))
+from inference.psis import khat_from_top, tail_length  # noqa: F401 (tail_length: re-exported)
 
 
 def khat_threshold(num_samples: int) -> float:
@@ -117,9 +113,10 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
     PSIS fits a generalized Pareto distribution to the ``M`` weights above the cutoff (the
     ``(M+1)``-th largest) with Zhang and Stephens' empirical-Bayes estimator [3] and shrinks its
     shape towards 0.5 as a weak prior does [2]; this runs it for all rows at once, in groups of
-    rows that fit ``budget_bytes``, and equals arviz's ``psislw`` to rounding. Rows it does not
-    cover -- ties at the cutoff, infinite weights, a cutoff below the smallest float -- go to
-    arviz itself. ``K < 5`` gives NaN; a tail of 4 or fewer weights ``inf``, as in arviz.
+    rows that fit ``budget_bytes``, and equals :func:`inference.psis.psis_smooth` (and arviz
+    0.2x's ``psislw``) to rounding. Rows it does not cover -- ties at the cutoff, infinite
+    weights, a cutoff below the smallest float -- go to :func:`inference.psis.khat_from_top`
+    one by one. ``K < 5`` gives NaN; a tail of 4 or fewer weights ``inf``, as in PSIS.
     """
     top = top.to(torch.float64)
     num_tail, num_rows = top.shape[0] - 1, top.shape[1]
@@ -145,7 +142,7 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
         out[chunk] = _gpd_shape(excess)
     irregular = (~regular).nonzero().squeeze(-1)
     if len(irregular):
-        out[irregular] = _arviz_khat(top[:, irregular], num_samples, budget_bytes).to(top.device)
+        out[irregular] = _irregular_khat(top[:, irregular], num_samples).to(top.device)
     return out
 
 
@@ -168,23 +165,11 @@ def _gpd_shape(y: torch.Tensor) -> torch.Tensor:
     return (n * k_post + 5) / (n + 10)
 
 
-def _arviz_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch.Tensor:
-    """arviz's k-hat for rows of ``top``, on a stand-in for the full weights: the tail plus
-    copies of the cutoff, equal in every entry that ``psislw`` reads."""
-    import arviz as az  # imported lazily: arviz is slow to import
-
+def _irregular_khat(top: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """PSIS's k-hat row by row (numpy, :mod:`inference.psis`) for the rows of ``top`` that the
+    batched fit does not cover."""
     tail = top.T.cpu().numpy()  # [B, M+1], descending
-    # float64 rows: the stand-in, arviz's copy of it and its output, plus sort indices
-    rows = max(1, budget_bytes // (32 * num_samples))
-    out = np.empty(tail.shape[0])
-    for start in range(0, tail.shape[0], rows):
-        block = tail[start : start + rows]
-        full = np.repeat(block[:, -1:], num_samples, axis=1)
-        full[:, : block.shape[1]] = block
-        with np.errstate(over="ignore"):  # arviz's GPD fit overflows expm1 on extreme tails
-            _, khat = az.psislw(full, reff=1.0)
-        out[start : start + rows] = khat
-    return torch.as_tensor(out)
+    return torch.tensor([khat_from_top(row, num_samples) for row in tail], dtype=torch.float64)
 
 
 class _AllocationCounter(TorchDispatchMode):
