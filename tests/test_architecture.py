@@ -106,6 +106,11 @@ class ThrowAway(zoo.ZooModel):
         z = torch.randn(num_data, generator=g)
         return zoo.Simulated(data=(z + 0.5 * torch.randn(num_data, generator=g),), params={"z": z})
 
+    def sample(self, num, seed=0, mean=False):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(num, generator=g)
+        return (z if mean else z + 0.5 * torch.randn(num, generator=g),)
+
     def views(self, x):
         import matplotlib.pyplot as plt
 

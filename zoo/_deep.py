@@ -294,6 +294,19 @@ class DeepLatentModel(ZooModel):
                    title=f"{self.name}: decoder means E[x | z] over a grid of z")
             fig.tight_layout()
             figs["decoded"] = fig
+        n = 8  # new images from the fitted model: draws, and the means they were drawn from
+        (draws,), (means,) = self.sample(n * n, seed=0), self.sample(n * n, seed=0, mean=True)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.9))
+        for ax, imgs, what in ((axes[0], draws, "random draws x ~ p(x | z)"),
+                               (axes[1], means, "their means E[x | z]")):
+            tiles = torch.nn.functional.pad(imgs.reshape(n, n, side, side), (0, 1, 0, 1))
+            ax.imshow(tiles.permute(0, 2, 1, 3).reshape(n * (side + 1), n * (side + 1)).numpy(),
+                      cmap="gray_r", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[], title=what)
+        fig.suptitle(f"{self.name}: new images from the fitted model, z ~ N(0, I) (same z on "
+                     "both sides)")
+        fig.tight_layout()
+        figs["samples"] = fig
         m = min(10, len(x))
         pairs = (x[:m].numpy(), self.mean_pixels(z[:m]).numpy())
         fig, axes = plt.subplots(2, m, figsize=(1.1 * m, 2.6), squeeze=False)
@@ -306,6 +319,20 @@ class DeepLatentModel(ZooModel):
         fig.suptitle(f"{self.name}: reconstructions (decoder mean at the guide mean)")
         figs["reconstructions"] = fig
         return figs
+
+    @torch.no_grad()
+    def sample(self, num: int, seed: int = 0, mean: bool = False) -> Data:
+        """``num`` images from the fitted decoder: ``z ~ N(0, I)``, then ``x ~ p(x | z)`` (with
+        ``mean``: the pixel means ``E[x | z]``), as ``(x,)``."""
+        g = torch.Generator().manual_seed(seed)
+        dev = next(self.decoder.parameters()).device
+        z = torch.randn(num, self.latent_dim, generator=g).to(dev)
+        means = self.mean_pixels(z).cpu()
+        if mean:
+            return (means,)
+        if self.likelihood == "bernoulli":
+            return (torch.bernoulli(means, generator=g),)
+        return (means + self.sigma0 * torch.randn(means.shape, generator=g),)
 
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
         """``z`` from the prior and ``x`` from the decoder at its initial weights (drawn with

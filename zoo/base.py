@@ -115,8 +115,16 @@ class ZooModel:
         raise NotImplementedError
 
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
-        """Draw a data set of ``num_data`` points from the model with known parameters."""
+        """Draw a data set of ``num_data`` points from the model with *known* parameters (fixed
+        ones, or the initial weights -- not the fitted ones), returning them with the data."""
         raise NotImplementedError
+
+    def sample(self, num: int, seed: int = 0, mean: bool = False) -> Data:
+        """Draw ``num`` new datapoints from the *fitted* model (params from the param store):
+        latents from the prior (globals at the guide's point estimate), data from the
+        likelihood -- or, with ``mean``, the likelihood's mean instead of a draw. Drawn with a
+        private generator seeded by ``seed``: the global RNG is untouched."""
+        raise NotImplementedError(f"{self.name} does not implement sample()")
 
     def check_data(self, *data: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem and the fix if ``data`` cannot be

@@ -113,6 +113,15 @@ def check_simulate_is_seeded(entry: ZooModel, data: Data) -> None:
     entry.check_data(*a.data)
 
 
+def check_sample_draws_from_the_fitted_model(entry: ZooModel, data: Data) -> None:
+    inference.fit(entry, data, steps=5, lr=0.02, progress=False)
+    a, b = entry.sample(7, seed=1), entry.sample(7, seed=1)
+    assert isinstance(a, tuple) and all(torch.equal(s, t) for s, t in zip(a, b)), "not seeded"
+    entry.check_data(*a)
+    means = entry.sample(7, seed=1, mean=True)
+    assert [t.shape for t in means] == [t.shape for t in a]
+
+
 def check_views_draw(entry: ZooModel, data: Data) -> None:
     import matplotlib.pyplot as plt
 
@@ -135,6 +144,7 @@ CHECKS: List[Callable[[ZooModel, Data], None]] = [
     check_estimators_run,
     check_bad_inputs_raise_before_work,
     check_simulate_is_seeded,
+    check_sample_draws_from_the_fitted_model,
     check_views_draw,
 ]
 

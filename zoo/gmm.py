@@ -361,6 +361,20 @@ class GaussianMixture(ZooModel):
         self.check_data(x)
         return (x,)
 
+    @torch.no_grad()
+    def sample(self, num: int, seed: int = 0, mean: bool = False):
+        """``num`` points from the fitted mixture (globals at the guide's point estimate,
+        :meth:`params_from_guide`): an assignment ``z ~ Categorical(weights)``, then
+        ``x ~ N(locs[z], variances[z])`` (with ``mean``: ``locs[z]``), as ``(x,)``."""
+        g = torch.Generator().manual_seed(seed)
+        p = {k: v.detach().cpu().double() for k, v in self.params_from_guide().items()}
+        z = torch.multinomial(p["weights"], num, replacement=True, generator=g)
+        loc = p["locs"][z]
+        if mean:
+            return (loc.float(),)
+        var = p["variances"] if self.shared_variance else p["variances"][z]
+        return ((loc + var.sqrt() * torch.randn(loc.shape, generator=g, dtype=loc.dtype)).float(),)
+
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
         """Data from fixed, well-separated known parameters (not prior draws), so fits can be
         checked against them: weights proportional to K, K+1, ..., 2K-1; locs on a circle of

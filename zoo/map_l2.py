@@ -307,6 +307,22 @@ class MapL2(ZooModel):
             raise ValueError("the logistic likelihood needs y in {0, 1}; recode the labels, e.g."
                              " y = (y == positive_label).float()")
 
+    @torch.no_grad()
+    def sample(self, num: int, seed: int = 0, mean: bool = False, X: Optional[torch.Tensor] = None):
+        """Responses of the fitted regression at inputs ``X`` (default: the first ``num`` rows of
+        the default data): ``w`` at the guide's mean, then ``y ~ N(X w, noise^2)`` or
+        ``Bernoulli(sigmoid(X w))`` (with ``mean``: ``X w`` or ``sigmoid(X w)``), as ``(X, y)``."""
+        g = torch.Generator().manual_seed(seed)
+        X = (self.load_data()[0][:num] if X is None else X).detach().cpu().double()
+        w = self.guide_moments()[0].detach().cpu().double()
+        eta = X @ w
+        if self.likelihood == "gaussian":
+            y = eta if mean else eta + self.noise * torch.randn(eta.shape, generator=g, dtype=eta.dtype)
+        else:
+            p = torch.sigmoid(eta)
+            y = p if mean else torch.bernoulli(p, generator=g)
+        return X.float(), y.float()
+
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
         """``X ~ N(0, 1)`` entrywise, ``w`` from the prior, ``y`` from the likelihood, all drawn
         from a private ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched).

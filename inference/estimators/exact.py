@@ -2,6 +2,8 @@
 
 * **closed form** (global scope): the target's ``log_evidence(*data)``, e.g. the Gaussian
   linear model's ``N(y | 0, s^2 X X^T + noise^2 I)``.
+* **the likelihood** (local scope, no latents at all): ``log p(x_n)`` is the model's own
+  density, e.g. an autoregressive model's.
 * **enumeration** (local scope, discrete local latents): every discrete site is enumerated
   in parallel (:func:`pyro.poutine.enum`) and ``log p(x_n) = logsumexp_z log p(x_n, z)``.
 * **quadrature** (local scope, one continuous local latent of dimension 1 or 2): a midpoint
@@ -77,7 +79,9 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
         tr = trace_on(poutine.condition(tgt.model, fixed) if fixed else tgt.model, data,
                       first(data), tgt.data_plate)
     latents = [site for _, site in sample_sites(tr, latent_only=True)]
-    if latents and all(s["fn"].has_enumerate_support for s in latents):
+    if not latents:  # nothing to integrate: log p(x_n) is the likelihood itself
+        per, diag = _likelihood(tgt, data, mpn, fixed, budget), {}
+    elif all(s["fn"].has_enumerate_support for s in latents):
         per, diag = _enumerate(tgt, data, mpn, fixed), {}
     elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2):
         per, diag = _quadrature(tgt, data, mpn, fixed, budget, latents[0], points)
@@ -91,6 +95,16 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
     return dict(num_samples=0, log_evidence=float(per.sum()), stderr=0.0, ess=math.nan,
                 khat=math.nan, per_datapoint=per, stderr_per_datapoint=zeros,
                 ess_per_datapoint=nan, khat_per_datapoint=nan, diagnostics=diag)
+
+
+def _likelihood(tgt, data, mpn, fixed, budget) -> torch.Tensor:
+    """``log p(x_n)`` of a model with no local latents, chunked over datapoints."""
+    def weights(start, count, idx):
+        return log_weights(tgt, data, count, max_plate_nesting=mpn, proposal="prior",
+                           indices=idx, fixed=fixed).double()
+
+    stats, _ = stream(weights, 1, num_datapoints(data), budget, data[0].device)
+    return torch.cat([s.lse for s in stats])
 
 
 def _latent_size(site) -> int:

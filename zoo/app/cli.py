@@ -4,6 +4,7 @@
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N]
+    ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
@@ -186,6 +187,46 @@ def _estimate_table(df) -> str:
                                  "seconds": "s/estimate"}).to_string(index=False)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    import inference
+    import numpy as np
+    import pandas as pd
+    from inference.io import write_with
+    from zoo.app import jobs
+
+    if args.n < 1:
+        raise jobs.UsageError(f"-n must be a positive integer, got {args.n}")
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".npz"):
+        raise jobs.UsageError(f"--out {out}: name a .csv or .npz file")
+    folder = Path(args.dir)
+    config = jobs.read_config(folder)
+    jobs.check_models([config["model"]])
+    if not (folder / "state.pt").is_file():
+        raise jobs.UsageError(f"{folder} holds no state.pt: the fit did not finish; rerun ppzoo fit")
+    entry = jobs.make_entry(config["model"], config["options"])
+    inference.load_fit(entry, folder)
+    draws = [t.detach().cpu().numpy() for t in entry.sample(args.n, seed=args.seed, mean=args.mean)]
+    names = ["x"] if len(draws) == 1 else ["X", "y"] if len(draws) == 2 else \
+        [f"data{i}" for i in range(len(draws))]
+    if out.suffix == ".npz":
+        def savez(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+                np.savez(f, **dict(zip(names, draws)))
+
+        write_with(out, savez)
+    else:
+        cols = {}
+        for name, a in zip(names, draws):
+            a = a.reshape(len(a), -1)
+            cols.update({name if a.shape[1] == 1 else f"{name}{j}": a[:, j]
+                         for j in range(a.shape[1])})
+        write_with(out, lambda tmp: pd.DataFrame(cols).to_csv(tmp, index=False))
+    what = "means" if args.mean else "draws"
+    _echo(f"wrote {args.n} {what} from the fitted {config['model']} to {out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from zoo.app import report
 
@@ -253,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of samples; repeat for several (default: 1 10 100 1000)")
     e.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
 
+    s = sub.add_parser("sample", help="draw new data from a fitted run")
+    s.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit (or compare's OUT/MODEL)")
+    s.add_argument("-n", type=int, default=100, metavar="N", help="how many datapoints (default 100)")
+    s.add_argument("--out", required=True, metavar="FILE", help="a .csv or .npz file to write")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
+    s.add_argument("--mean", action="store_true",
+                   help="the likelihood's mean (e.g. pixel probabilities) instead of draws")
+
     c = sub.add_parser("compare", parents=[common],
                        help="fit every model and compare every estimator (the full report)")
     c.add_argument("models", nargs="*", metavar="MODEL", help="default: every registered model")
@@ -264,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a previous run in DIR: skip fitted models and finished rows")
 
     for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
-                     ("compare", cmd_compare)]:
+                     ("sample", cmd_sample), ("compare", cmd_compare)]:
         sub.choices[name].set_defaults(func=fn)
     return p
 
