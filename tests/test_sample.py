@@ -70,3 +70,24 @@ def test_ppzoo_sample_writes_draws_from_a_fitted_run(tmp_path):
     assert rc == 2 and "-n must be a positive integer" in err and not (tmp_path / "e.csv").exists()
     rc, err = run("sample", tmp_path / "fit", "--out", tmp_path / "e.txt")
     assert rc == 2 and ".csv or .npz" in err
+
+
+def test_gaussian_decoder_reconstruction_term_is_squared_error():
+    """With a Gaussian decoder of fixed sigma0, -log p(x | z) = ||x - x'||^2 / (2 sigma0^2)
+    + (D / 2) log(2 pi sigma0^2), x' = E[x | z]: maximum likelihood is L2 reconstruction."""
+    import math
+
+    import pyro
+    import pyro.poutine as poutine
+
+    entry = zoo.get("vae", likelihood="gaussian", sigma0=0.2)
+    (x,) = entry.load_data()
+    x = x[:20]
+    tr = poutine.trace(poutine.replay(entry.model, trace=poutine.trace(entry.guide).get_trace(x))
+                       ).get_trace(x)
+    site = tr.nodes["x"]
+    recon = entry.mean_pixels(tr.nodes["z"]["value"])
+    D = x.shape[1]
+    by_hand = ((x - recon) ** 2).sum(-1) / (2 * 0.2**2) + D / 2 * math.log(2 * math.pi * 0.2**2)
+    torch.testing.assert_close(-site["fn"].log_prob(site["value"]), by_hand, rtol=1e-5, atol=1e-4)
+    pyro.clear_param_store()
