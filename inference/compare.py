@@ -8,6 +8,7 @@ enumeration, quadrature) it is computed once and each row carries its error agai
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from inference import estimators
 from inference.estimate import Estimate, estimate
 from inference.estimators import NotApplicable
-from inference.target import as_data, as_target
+from inference.target import as_data, as_target, load_fitted
 
 COLUMNS = [
     "method", "K", "seed", "scope", "estimate", "stderr", "per_datapoint", "ess", "khat",
@@ -66,7 +67,7 @@ def compare(
         :class:`~inference.estimators.NotApplicable` (e.g. ``"is-guide"``/``"elbo"`` with a
         point-mass guide). The first reference asked for that applies gives every row's
         ``error`` (NaN without one: a reference can take far longer than the estimates).
-    :param num_samples: the K grid.
+    :param num_samples: the K grid (or one K).
     :param seeds: seeds for every sampled method.
     :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -84,11 +85,12 @@ def compare(
     unknown = sorted(set(methods) - set(registered))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(registered)}")
-    ks = [int(k) for k in num_samples]
+    ks = [int(k) for k in ([num_samples] if isinstance(num_samples, numbers.Integral) else num_samples)]
     if not ks or min(ks) < 1:
         raise ValueError(f"num_samples must be a non-empty list of integers >= 1, got {ks}")
     tgt = as_target(target)
     data = as_data(tgt, data, device)
+    load_fitted(target, device)
     common = dict(scope=scope, device=device, memory_budget=memory_budget, **options)
     rows, skipped = [], {}
 

@@ -20,6 +20,7 @@ weight per particle), seeds, and hands a :class:`~inference.estimators.Problem` 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from typing import Any, Dict, Optional
 
@@ -28,8 +29,9 @@ import torch
 
 from inference import estimators
 from inference.estimators import Problem
+from inference.plates import resolve
 from inference.scope import resolve_scope
-from inference.target import as_data, as_target, num_datapoints, resolve_device
+from inference.target import as_data, as_target, load_fitted, num_datapoints, resolve_device
 
 #: the built-in methods; :func:`methods` lists every registered one
 METHODS = ("elbo", "is-guide", "is-prior", "exact")
@@ -105,12 +107,15 @@ def estimate(
     memory_budget: Optional[int] = None,
     fixed: Optional[Dict[str, torch.Tensor]] = None,
     keep_weights: bool = False,
+    kwargs: Optional[Dict[str, Any]] = None,
     **options: Any,
 ) -> Estimate:
     """Estimate ``log p(data)`` under ``target`` with ``method`` and ``num_samples`` (K).
 
-    :param target: a zoo entry, a ``(model, guide)`` pair, or an :class:`inference.Target`; its
-        params (fitted or loaded) are read from Pyro's param store.
+    :param target: a zoo entry, a ``(model, guide)`` pair, an :class:`inference.Target`, or the
+        :class:`~inference.FitResult` of :func:`inference.fit` (its own fitted params are loaded
+        into a cleared param store, whatever was fitted since); otherwise the params are read
+        from Pyro's param store.
     :param method: a registered method: ``"elbo"``, ``"is-guide"``, ``"is-prior"``,
         ``"exact"``, or one added with :func:`inference.estimators.register`.
     :param num_samples: K, particles per datapoint (local) or in all (global); K >= 1.
@@ -123,13 +128,15 @@ def estimate(
     :param fixed: values of global latents to hold fixed in local scope.
     :param keep_weights: also return every log weight (``Estimate.log_weights``; K x N numbers,
         so mind the memory for large K).
+    :param kwargs: keyword arguments for every call of model and guide (``model(*data, **kwargs)``).
     :param options: the method's own options, e.g. ``quadrature_points=64`` (grid points per
         latent axis of ``exact``'s quadrature). Options of other registered methods are
         accepted and ignored, so one set of options serves a whole comparison.
     """
     est = estimators.get(method)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
         raise ValueError(f"num_samples (K) must be an integer >= 1, got {num_samples!r}")
+    num_samples = int(num_samples)
     if scope not in (None, "local", "global"):
         raise ValueError(f"scope must be 'local', 'global' or None, got {scope!r}")
     known = estimators.all_options()
@@ -138,13 +145,15 @@ def estimate(
         raise TypeError(f"estimate() got unknown option(s) {unknown}; the registered methods "
                         f"take {sorted(known) or 'none'}")
     own = {k: v for k, v in options.items() if k in est.options}
-    tgt = as_target(target)
+    tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     dev = resolve_device(device)
     if memory_budget is None:
         memory_budget = DEFAULT_BUDGET.get(dev.type, DEFAULT_BUDGET["cpu"])
     if memory_budget < 1:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     data = as_data(tgt, data, dev)
+    load_fitted(target, dev)
+    tgt = resolve(tgt, data)
     mpn = tgt.plate_nesting(data)
     scope, fixed = resolve_scope(tgt, data, scope, fixed)
     problem = Problem(target=tgt, data=data, scope=scope, max_plate_nesting=mpn, fixed=fixed,

@@ -19,7 +19,13 @@ Two scopes, read off the trace rather than the model's name:
 
 Site log densities are summed over every dimension but the particle dimension (and the
 data-plate dimension, in local scope), with masks applied; plate scaling is ignored in local
-scope (the weights are per datapoint) and kept in global scope.
+scope (the weights are per datapoint) and kept in global scope. Both traces first pass
+:func:`inference.plates.vouch`: a site scaled by anything but the library's own choice of
+datapoints (a ``subsample_size`` inside the model, ``poutine.scale``) is refused.
+
+An autoguide samples an **auxiliary** latent (``infer={"is_auxiliary": True}``) and maps it to
+the model's latents through ``Delta`` sites carrying the log-Jacobian as their density; the
+guide's log density is the sum over both, as in :class:`~pyro.infer.Trace_ELBO`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-from inference.target import SubsampleAt, Target, subsampled
+from inference.plates import on_datapoints, vouch
+from inference.target import Target, subsampled
 
 PARTICLES = "_particles"
 
@@ -81,17 +88,45 @@ def _vectorized(fn: Callable[..., Any], num: int, dim: int) -> Callable[..., Any
     return wrapped
 
 
-def _check_local_site(name: str, site: Dict[str, Any], data_plate: Optional[str], where: str) -> bool:
+def _check_local_site(name: str, site: Dict[str, Any], data_plate: Optional[str], where: str,
+                      fixed: Optional[Dict[str, Any]] = None) -> bool:
     """Whether a local-scope site counts; raises for a global latent."""
     if in_plate(site, data_plate) is not None:
         return True
     if site["is_observed"]:
         return False
+    if site["infer"].get("is_auxiliary") and fixed and _aux_of_fixed(name, fixed):
+        return False  # an autoguide's unconstrained draw of a global held fixed
+    if site["infer"].get("is_auxiliary"):
+        raise ValueError(
+            f"the guide draws latents jointly through its auxiliary site {name!r} outside plate "
+            f"{data_plate!r}: per-datapoint weights need a guide that factorises over datapoints "
+            "(AutoNormal, or your own); use scope='global'"
+        )
     raise ValueError(
         f"{where} site {name!r} is a global latent (outside plate {data_plate!r}): per-datapoint "
         "log p(x_n) is only defined with the globals held fixed; pass fixed={...} or use "
         "scope='global'"
     )
+
+
+def _aux_of_fixed(name: str, fixed: Dict[str, Any]) -> bool:
+    """AutoNormal's auxiliary site of a latent ``x`` is ``x_unconstrained``."""
+    return name.endswith("_unconstrained") and name[: -len("_unconstrained")] in fixed
+
+
+def _traced(fn, *data):
+    try:
+        return poutine.trace(fn).get_trace(*data)
+    except RuntimeError as err:
+        if "shape" not in str(err) and "dimension" not in str(err) and "size" not in str(err):
+            raise
+        raise ValueError(
+            f"the model or guide failed under a particle plate ({err}); estimates evaluate many "
+            "particles at once, so tensor code must broadcast over extra dims on the left: "
+            "write X @ w as (X * w).sum(-1) with w of shape [..., 1, D], and index from the right "
+            "(x[..., i], .sum(-1))"
+        ) from err
 
 
 def log_weights(
@@ -117,7 +152,8 @@ def log_weights(
         the model and guide traces.
     """
     dim = -(max_plate_nesting + 1)
-    handler = SubsampleAt(target.data_plate, indices)
+    handler, data = on_datapoints(target, data, indices)
+    ours = indices is not None and target.data_plate is not None
     model, guide = target.model, target.guide
     if fixed:
         model, guide = poutine.condition(model, fixed), poutine.condition(guide, fixed)
@@ -125,21 +161,31 @@ def log_weights(
     guide = _vectorized(subsampled(guide, handler), num_particles, dim)
 
     guide_tr = None
+    if proposal != "values":  # sites marked for enumeration the proposal leaves are summed out
+        model = poutine.enum(model, first_available_dim=dim - 1)
     if proposal == "guide":
-        guide_tr = poutine.trace(guide).get_trace(*data)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*data)
+        guide_tr = _traced(guide, *data)
+        model_tr = _traced(poutine.replay(model, trace=guide_tr), *data)
     elif proposal == "prior":
-        model_tr = poutine.trace(model).get_trace(*data)
+        model_tr = _traced(model, *data)
     elif proposal == "values":
-        model_tr = poutine.trace(poutine.condition(model, values)).get_trace(*data)
+        model_tr = _traced(poutine.condition(model, values), *data)
     else:
         raise ValueError(f"unknown proposal {proposal!r}")
+    vouch(model_tr, target, ours, "model")
+    if guide_tr is not None:
+        vouch(guide_tr, target, ours, "guide")
 
     ndim = -dim
     density = dict(local=local, ndim=ndim, data_plate=target.data_plate)
     total = 0.0
+    summed = _summed_out(model_tr, target, local, ndim)
+    if summed is not None:
+        total = summed
     for name, site in sample_sites(model_tr):
         if local and not _check_local_site(name, site, target.data_plate, "model"):
+            continue
+        if summed is not None and _enumerated(site, ndim):
             continue
         observed = site["is_observed"] or (proposal == "values" and name in values)
         if proposal == "prior" and not observed:
@@ -153,7 +199,7 @@ def log_weights(
         total = total + _site_log_density(site, **density)
     if guide_tr is not None:
         for name, site in sample_sites(guide_tr, latent_only=True):
-            if local and not _check_local_site(name, site, target.data_plate, "guide"):
+            if local and not _check_local_site(name, site, target.data_plate, "guide", fixed):
                 continue
             if name not in model_tr.nodes and not site["infer"].get("is_auxiliary"):
                 raise ValueError(f"guide site {name!r} is not in the model; rename or remove it")
@@ -163,6 +209,40 @@ def log_weights(
     if with_traces:
         return total, model_tr, guide_tr
     return total
+
+
+def _enumerated(site, ndim: int) -> bool:
+    """Whether a site's log density depends on enumerated values (dims left of the particles)."""
+    fn = site["fn"]
+    return max(len(fn.batch_shape), site["value"].dim() - len(fn.event_shape)) > ndim
+
+
+def _summed_out(model_tr, target: Target, local: bool, ndim: int) -> Optional[torch.Tensor]:
+    """The log density of the sites that depend on enumerated discrete latents, those latents
+    summed out per datapoint (``[K, B]`` local, ``[K]`` global), as :class:`TraceEnum_ELBO`
+    does; ``None`` if nothing is enumerated. Every enumerated site must sit in the data plate,
+    in no other plate (then the sum factorises over datapoints)."""
+    sites = [(n, s) for n, s in sample_sites(model_tr) if _enumerated(s, ndim)]
+    if not sites:
+        return None
+    joint = 0.0
+    for name, site in sites:
+        data_dim = in_plate(site, target.data_plate)
+        others = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLES
+                  and f.name != target.data_plate]
+        if data_dim is None or others:
+            raise ValueError(
+                f"site {name!r} depends on an enumerated latent outside the data plate or in a "
+                "nested plate: only per-datapoint discrete latents are summed out; give the guide "
+                "the discrete site, or use method='exact' for local discrete latents"
+            )
+        lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+        dims = [d for d in range(-ndim + 1, 0) if d != data_dim and -d <= lp.dim()]
+        joint = joint + (lp.sum(dims, keepdim=True) if dims else lp)  # sum([]) would sum all
+    enum_dims = list(range(joint.dim() - ndim))
+    per = joint.logsumexp(enum_dims) if enum_dims else joint  # [K, 1.., B, 1..]
+    per = per.reshape(per.shape[0], -1)  # [K, B]
+    return per if local else per.sum(-1)
 
 
 def guide_log_density(

@@ -10,6 +10,7 @@ weight (the symmetrised proposal of ``is-guide``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Optional
 
 import pyro
@@ -60,13 +61,17 @@ def sampled(problem: Problem, proposal: str, statistic: str,
     value = torch.cat([v for v, _ in pairs])
     err = torch.cat([e for _, e in pairs])
     ess = torch.cat([s.ess() for s in stats])
-    khat = pareto_khat(torch.cat([s.top for s in stats], 1), K, budget)
+    top = torch.cat([s.top for s in stats], 1)
+    khat = pareto_khat(top, K, budget)
+    # A datapoint masked out of the model has equal weights: no tail, no k-hat to speak of.
+    khat = torch.where((top == top[:1]).all(0), torch.full_like(khat, math.nan), khat)
     fields = dict(
         num_samples=K,
         log_evidence=float(value.sum()),
         stderr=float(err.pow(2).sum().sqrt()),
         ess=float(ess.mean()),
-        khat=float(khat.max()),
+        khat=float(khat.nan_to_num(-math.inf, posinf=math.inf).max())
+        if not khat.isnan().all() else math.nan,
         diagnostics={"chunk_particles": kc, "chunk_datapoints": bc},
     )
     if local:
@@ -94,13 +99,17 @@ def _assemble(chunks, local: bool) -> torch.Tensor:
 
 
 def check_proposal(problem: Problem) -> None:
-    """The guide must have a density at every latent to importance-sample with."""
+    """The guide must have a density at every latent to importance-sample with: a ``Delta`` is
+    one only where the guide draws an auxiliary latent it transforms (an autoguide)."""
     tgt, data = problem.target, problem.data
     idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if problem.local else None
     _, _, guide_tr = log_weights(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
                                  local=problem.local, indices=idx, fixed=problem.fixed,
                                  with_traces=True)
-    for name, site in sample_sites(guide_tr, latent_only=True):
+    sites = list(sample_sites(guide_tr, latent_only=True))
+    if any(site["infer"].get("is_auxiliary") for _, site in sites):
+        return
+    for name, site in sites:
         fn = site["fn"]
         while hasattr(fn, "base_dist"):
             fn = fn.base_dist

@@ -16,13 +16,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import pyro.poutine as poutine
 import torch
 
+import pyro
+
+from inference.plates import trace_on
 from inference.replay import in_plate, sample_sites
-from inference.target import SubsampleAt, Target, num_datapoints, subsampled
-
-
-def trace_on(fn, data, indices, plate) -> Any:
-    """A trace of ``fn(*data)`` with plate ``plate`` subsampled at ``indices`` (``None``: all)."""
-    return poutine.trace(subsampled(fn, SubsampleAt(plate, indices))).get_trace(*data)
+from inference.target import Target, num_datapoints, unwrapped
 
 
 def first(data, n: int = 2) -> torch.Tensor:
@@ -34,7 +32,7 @@ def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
     """Names of the model's latent sites inside (local) and outside (global) the data plate,
     read off one prior trace on two datapoints."""
     with poutine.block(), torch.no_grad():
-        tr = trace_on(tgt.model, data, first(data) if tgt.data_plate else None, tgt.data_plate)
+        tr = trace_on(tgt.model, tgt, data, first(data) if tgt.data_plate else None)
     local, glob = [], []
     for name, site in sample_sites(tr, latent_only=True):
         (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
@@ -43,9 +41,15 @@ def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
 
 def point_estimate(tgt: Target, data, names: List[str]) -> Dict[str, torch.Tensor]:
     """The guide's point estimate of the global sites ``names``: a point mass's value, else the
-    guide distribution's mean (or the average of 1000 draws where the mean is not available)."""
+    guide distribution's mean (or the average of 1000 draws where the mean is not available);
+    an autoguide's median."""
+    guide = unwrapped(tgt.guide)
+    if isinstance(guide, pyro.infer.autoguide.AutoGuide):
+        with poutine.block(), torch.no_grad():
+            median = guide.median(*data, **dict(tgt.kwargs))
+        return {name: median[name].detach() for name in names}
     with poutine.block(), torch.no_grad():
-        tr = trace_on(tgt.guide, data, first(data) if tgt.data_plate else None, tgt.data_plate)
+        tr = trace_on(tgt.guide, tgt, data, first(data) if tgt.data_plate else None)
         out = {}
         for name in names:
             if name not in tr.nodes:
@@ -66,7 +70,8 @@ def resolve_scope(
     """``(scope, fixed)``: the scope asked for (or the default read off a trace), and in local
     scope the values the global latents are held at (``None`` when there are none)."""
     local_names, global_names = latent_sites(tgt, data)
-    scope = scope or ("global" if global_names or tgt.data_plate is None else "local")
+    scope = scope or ("global" if global_names or tgt.data_plate is None
+                      or _joint_auxiliary(tgt, data) else "local")
     if scope == "global":
         return scope, None
     if tgt.data_plate is None:
@@ -79,3 +84,12 @@ def resolve_scope(
     if global_names:
         return scope, dict(fixed) if fixed else point_estimate(tgt, data, global_names)
     return scope, fixed
+
+
+def _joint_auxiliary(tgt: Target, data) -> bool:
+    """Whether the guide draws local latents through one auxiliary site outside the data plate
+    (AutoDiagonalNormal, AutoMultivariateNormal): then only a global estimate is defined."""
+    with poutine.block(), torch.no_grad():
+        tr = trace_on(tgt.guide, tgt, data, None)
+    return any(site["infer"].get("is_auxiliary") and in_plate(site, tgt.data_plate) is None
+               for _, site in sample_sites(tr, latent_only=True))

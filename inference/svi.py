@@ -28,11 +28,13 @@ from typing import Any, Dict, Optional
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+import pyro.poutine as poutine
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
 from inference.io import PathLike, save_torch, write_with
+from inference.plates import ScaleToFull, on_datapoints, resolve
 from inference.target import (
     SubsampleAt,
     Target,
@@ -141,13 +143,14 @@ def fit(
     batch_size: Optional[int] = None,
     num_particles: int = 1,
     vectorize_particles: bool = True,
-    loss: Optional[str] = None,
+    loss: Any = None,
     seed: int = 0,
     device: Any = "cpu",
     progress: Optional[bool] = None,
     clear: bool = True,
     checkpoint: Optional[PathLike] = None,
     checkpoint_every: int = 500,
+    kwargs: Optional[Dict[str, Any]] = None,
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
 
@@ -160,9 +163,12 @@ def fit(
     :param batch_size: minibatch size over the data plate; ``None`` uses all the data.
     :param num_particles: ELBO particles per step.
     :param vectorize_particles: evaluate particles in one vectorized pass.
-    :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`) or ``"traceenum"``
-        (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites);
-        default: the target's ``loss`` (a zoo entry's own), else ``"trace"``.
+    :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"traceenum"``
+        (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites), or an
+        ELBO instance (``TraceMeanField_ELBO()``, ``Trace_ELBO(num_particles=4)``: its own
+        settings win over ``num_particles``); default: the target's ``loss`` (a zoo entry's
+        own), ``"traceenum"`` for a model with sites marked for enumeration
+        (``@config_enumerate``), else ``"trace"``.
     :param seed: seeds Pyro/PyTorch and the minibatch order.
     :param device: ``"cpu"`` or ``"cuda"``; data, networks and params move there.
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -170,12 +176,12 @@ def fit(
     :param checkpoint: file to write the state to every ``checkpoint_every`` steps, atomically;
         if it exists, the fit resumes from it.
     :param checkpoint_every: steps between checkpoints.
+    :param kwargs: keyword arguments for every call of model and guide.
     """
-    tgt = as_target(target)
-    if loss is None:
-        loss = tgt.loss
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
+    tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
+    if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass an "
+                         "ELBO instance, e.g. pyro.infer.TraceMeanField_ELBO()")
     if steps < 0 or num_particles < 1:
         raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, {num_particles}")
     if batch_size is not None and batch_size < 1:
@@ -185,6 +191,12 @@ def fit(
     dev = resolve_device(device)
     data = as_data(tgt, data, dev)
     n = num_datapoints(data)
+    tgt = resolve(tgt, data, own_subsampling=batch_size is None)
+    if batch_size is not None and tgt.data_plate is None:
+        raise ValueError("batch_size needs a data plate over the datapoints (a pyro.plate of "
+                         f"size {n}); the model has none")
+    if loss is None:
+        loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
     if clear:
         pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -192,11 +204,18 @@ def fit(
 
     handler = SubsampleAt(tgt.data_plate)
     model, guide = subsampled(tgt.model, handler), subsampled(tgt.guide, handler)
-    elbo = LOSSES[loss](
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=tgt.plate_nesting(data),
-    )
+    if tgt.data_access == "whole":  # minibatches are passed sliced, and scaled to N here
+        model, guide = ScaleToFull(tgt.data_plate, n)(model), ScaleToFull(tgt.data_plate, n)(guide)
+    if isinstance(loss, ELBO):
+        elbo = loss
+        if elbo.max_plate_nesting == float("inf"):
+            elbo.max_plate_nesting = tgt.plate_nesting(data)
+    else:
+        elbo = LOSSES[loss](
+            num_particles=num_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=tgt.plate_nesting(data),
+        )
     if optim is None:
         svi = optim = FusedAdam(model, guide, elbo, lr)
     else:
@@ -218,11 +237,12 @@ def fit(
     t0 = time.perf_counter()
     validated = False
     for step in bar:
-        handler.indices = next(batches)
+        chosen, batch = on_datapoints(tgt, data, next(batches))
+        handler.indices = chosen.indices
         # The first step runs Pyro's argument and model/guide checks; the structure is static,
         # so later steps skip them (they cost about a third of a small model's step).
         with pyro.validation_enabled(is_validation_enabled() and not validated):
-            value = svi.step(*data)
+            value = svi.step(*batch)
         validated = True
         rows.append((step, value, value / n))
         if step % 50 == 0:
@@ -239,6 +259,14 @@ def fit(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
     return FitResult(tgt, losses, param_state(tgt), seconds)
+
+
+def _enumerates(tgt: Target, data) -> bool:
+    """Whether the model marks a site for parallel enumeration (``@config_enumerate``)."""
+    with poutine.block(), torch.no_grad():
+        tr = poutine.trace(tgt.model).get_trace(*data)
+    return any(site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
+               for site in tr.nodes.values())
 
 
 def _checkpoint(path, tgt, optim, rows, step, generator) -> None:

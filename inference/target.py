@@ -12,7 +12,8 @@ zoo entry has all of it; only ``model`` and ``guide`` are required):
 ``model(*data)``            Pyro model; ``data`` is a tuple of tensors, one row per datapoint
 ``guide(*data)``            Pyro guide with the same signature
 ``name``                    label for tables and files (default: the class name)
-``data_plate``              name of the ``pyro.plate`` over datapoints, or ``None`` (default "data")
+``data_plate``              name of the ``pyro.plate`` over datapoints, or ``None`` (default "data";
+                            a model without a plate of that name gets the one plate of size N)
 ``max_plate_nesting``       as in :class:`~pyro.infer.Trace_ELBO` (default: read off a trace)
 ``symmetries``              ``{site: dim}`` of exchangeable latent sites (mixture components)
 ``networks()``              ``{name: module}`` registered with ``pyro.module`` (or a mapping)
@@ -50,7 +51,9 @@ def check_tensors(data: Data) -> None:
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(
-                f"data[{i}] holds {bad} NaN or infinite values; drop or impute them first"
+                f"data[{i}] holds {bad} NaN or infinite values; drop or impute them first (cells "
+                "a mask leaves out: fill them with any finite value, torch.nan_to_num(x), since "
+                "a NaN poisons the gradients even where the mask zeroes its log density)"
             )
         sizes.add(t.shape[0])
     if len(sizes) > 1:
@@ -78,8 +81,15 @@ class Target:
     :param check: ``check(*data)`` raising ``ValueError`` for data the model cannot use (run
         after the shared checks: tensors, one row per datapoint, finite values).
     :param log_evidence: ``log_evidence(*data)``, the exact global ``log p(data)`` (a float or
-        0-d tensor) or ``None``; the ``exact`` method's global reference.
+        0-d tensor) or ``None``; the ``exact`` method's global reference (a user's closed form:
+        ``Target(model, guide, log_evidence=lambda x: ...)``).
     :param entry: the object this target was made from, if any (e.g. a zoo entry).
+    :param kwargs: keyword arguments (hyperparameters, flags) passed to every call of model and
+        guide, ``model(*data, **kwargs)``.
+    :param data_access: how datapoints are chosen: ``"index"`` (the model indexes its data
+        with the data plate's indices, which are set from outside) or ``"whole"`` (the model
+        uses the tensors it is given whole, ``obs=x``: subsets are passed as sliced tensors).
+        ``None``: read off a trace by :func:`resolve`.
     """
 
     model: Callable[..., Any]
@@ -93,6 +103,15 @@ class Target:
     check: Optional[Callable[..., None]] = None
     log_evidence: Optional[Callable[..., Any]] = None
     entry: Any = None
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data_access: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.kwargs:  # bind the keyword arguments once, so every call site passes them
+            for field in ("model", "guide"):
+                fn = getattr(self, field)
+                if not (isinstance(fn, _WithKwargs) and fn.kwargs == dict(self.kwargs)):
+                    object.__setattr__(self, field, _WithKwargs(fn, dict(self.kwargs)))
 
     def check_data(self, data: Data) -> None:
         check_tensors(data)
@@ -116,12 +135,30 @@ class Target:
         return max(dims, default=0)
 
 
+class _WithKwargs:
+    """``fn`` called with ``kwargs`` added (a class, so an autoguide stays reachable)."""
+
+    def __init__(self, fn: Callable[..., Any], kwargs: Dict[str, Any]):
+        self.fn, self.kwargs = fn, kwargs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **{**self.kwargs, **kwargs})
+
+
+def unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The user's own model or guide behind :class:`Target`'s keyword binding."""
+    return fn.fn if isinstance(fn, _WithKwargs) else fn
+
+
 def as_target(target: Any, **options: Any) -> Target:
     """A :class:`Target` from a ``(model, guide)`` pair, a Target, or an object that follows the
     target protocol (module docstring), such as a zoo entry.
 
     ``options`` override the Target's fields (e.g. ``data_plate="obs"`` for a user's pair).
     """
+    fitted = getattr(target, "target", None)
+    if isinstance(fitted, Target) and hasattr(target, "state"):  # a FitResult
+        target = fitted
     if isinstance(target, Target):
         return dataclasses.replace(target, **options) if options else target
     if isinstance(target, (tuple, list)) and len(target) == 2 and all(map(callable, target)):
@@ -157,6 +194,13 @@ def _protocol_fields(obj: Any) -> Dict[str, Any]:
         if callable(fn):
             fields[field] = fn
     return fields
+
+
+def load_fitted(obj: Any, device: Any = "cpu") -> None:
+    """If ``obj`` is a :class:`~inference.FitResult`, load its own fitted state into a cleared
+    param store (an estimate of it is then right whatever was fitted since)."""
+    if isinstance(getattr(obj, "target", None), Target) and isinstance(getattr(obj, "state", None), dict):
+        set_param_state(obj.target, obj.state, device)
 
 
 def resolve_device(device: Any) -> torch.device:

@@ -22,7 +22,10 @@
   Its own error check is reported in ``diagnostics``: the change when the grid is halved
   (``halved_grid_diff_max``), the share of local mass in the outermost ring of cells
   (``boundary_mass_max``), the far field's share (``far_field_mass_max``), all maxima over
-  datapoints, and the passes and refinements it took.
+  datapoints, and the passes and refinements it took. A result that fails them (non-finite,
+  or halving the finest grid moves a datapoint by more than ``CHECK_TOL``) is an error, never
+  a reference. The grid's scale is the guide's; a point-mass guide (an autoguide's ``Delta``)
+  starts from the prior instead.
 
 [1] Blei, Kucukelbir, McAuliffe (2017), Variational Inference: A Review for Statisticians.
 """
@@ -34,12 +37,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.distributions.util import scale_and_mask
 
 from inference.estimators import Estimator, NotApplicable, Problem, register
 from inference.replay import in_plate, log_weights, sample_sites
-from inference.scope import first, trace_on
+from inference.plates import trace_on
+from inference.scope import first
 from inference.target import num_datapoints
 from inference.weights import stream
 
@@ -50,6 +55,7 @@ MIN_CELLS = 6.0
 REFINE_TOL = 1e-3
 REFINE_MAX = 4
 PRIOR_RADIUS = 7.0
+CHECK_TOL = 0.01  # nats: the most halving the finest grid may change a datapoint by
 
 
 @register
@@ -76,15 +82,22 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
             )
         return dict(num_samples=0, log_evidence=float(value), stderr=0.0, ess=math.nan, khat=math.nan)
     with torch.no_grad():
-        tr = trace_on(poutine.condition(tgt.model, fixed) if fixed else tgt.model, data,
-                      first(data), tgt.data_plate)
+        tr = trace_on(poutine.condition(tgt.model, fixed) if fixed else tgt.model, tgt, data,
+                      first(data))
     latents = [site for _, site in sample_sites(tr, latent_only=True)]
     if not latents:  # nothing to integrate: log p(x_n) is the likelihood itself
         per, diag = _likelihood(tgt, data, mpn, fixed, budget), {}
     elif all(s["fn"].has_enumerate_support for s in latents):
         per, diag = _enumerate(tgt, data, mpn, fixed), {}
+    elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2) and not _real(latents[0]):
+        raise NotApplicable(
+            f"quadrature integrates over a latent with real support; {latents[0]['name']!r} has "
+            f"support {latents[0]['fn'].support}: sample it on the real line (e.g. a Normal "
+            "log-rate and exp() in the likelihood) or use method='is-guide'"
+        )
     elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2):
         per, diag = _quadrature(tgt, data, mpn, fixed, budget, latents[0], points)
+        _check_quadrature(tgt, per, diag)
     else:
         raise NotApplicable(
             f"no exact reference for {tgt.name} in local scope: enumeration needs every local latent "
@@ -105,6 +118,26 @@ def _likelihood(tgt, data, mpn, fixed, budget) -> torch.Tensor:
 
     stats, _ = stream(weights, 1, num_datapoints(data), budget, data[0].device)
     return torch.cat([s.lse for s in stats])
+
+
+def _check_quadrature(tgt, per: torch.Tensor, diag: Dict[str, float]) -> None:
+    """A reference is never returned when its own checks fail."""
+    checks = (diag["halved_grid_diff_max"], diag["boundary_mass_max"])
+    if torch.isfinite(per).all() and all(map(math.isfinite, checks)) and checks[0] <= CHECK_TOL:
+        return
+    raise ValueError(
+        f"the quadrature reference for {tgt.name} failed its own checks (halving the grid changes "
+        f"a datapoint by {checks[0]:.3g} nats, outer-ring mass {checks[1]:.3g}, "
+        f"{int((~torch.isfinite(per)).sum())} non-finite datapoints): it is not returned; "
+        "raise quadrature_points, or fit a guide nearer the posterior (the grid starts there)"
+    )
+
+
+def _real(site) -> bool:
+    support = site["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
 
 
 def _latent_size(site) -> int:
@@ -141,6 +174,8 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     name, dim = site["name"], _latent_size(site)
     scalar = len(site["fn"].event_shape) == 0
     n, dev = num_datapoints(data), data[0].device
+    dtype = site["value"].dtype  # the latent's own (the data may hold integer counts)
+    data_dim = in_plate(site, tgt.data_plate)
 
     def sweep(grid, step, box, indices, moments=False, outside=None):
         """``log p(x_n)`` by the midpoint rule on ``z = centre + scale * u``, ``u`` on ``grid``,
@@ -153,7 +188,9 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
         def weights(start, count, idx):
             u = grid[start : start + count, None, :]  # [count, 1, dim]
             z = centre[idx] + scale[idx] * u  # [count, B, dim]
-            value = (z.squeeze(-1) if scalar else z).to(data[0].dtype)
+            shape = [count] + [1] * mpn + list(site["fn"].event_shape)
+            shape[1 + mpn + data_dim] = len(idx)  # the data plate where the model has it
+            value = (z.squeeze(-1) if scalar else z).reshape(shape).to(dtype)
             lw = log_weights(tgt, data, count, max_plate_nesting=mpn, proposal="values",
                              indices=idx, fixed=fixed, values={name: value}).double()
             width = scale[idx] * step
@@ -231,14 +268,17 @@ def _site_moments(fn, tgt, data, fixed, name, dim, scalar) -> Optional[Tuple[Any
     site or its distribution no mean or sd."""
     fn = poutine.condition(fn, fixed) if fixed else fn
     with torch.no_grad():
-        site = trace_on(fn, data, torch.arange(num_datapoints(data), device=data[0].device),
-                      tgt.data_plate).nodes.get(name)
+        site = trace_on(fn, tgt, data,
+                        torch.arange(num_datapoints(data), device=data[0].device)).nodes.get(name)
     if site is None:
         return None
     try:
-        return _flat_moments(site["fn"], dim, scalar)
+        mean, sd = _flat_moments(site["fn"], dim, scalar)
     except NotImplementedError:
         return None
+    if not (torch.isfinite(mean).all() and torch.isfinite(sd).all() and (sd > 0).all()):
+        return None  # a point mass (an autoguide's Delta) or a degenerate fit: no grid to start
+    return mean, sd
 
 
 def _flat_moments(fn, dim: int, scalar: bool) -> Tuple[torch.Tensor, torch.Tensor]:
