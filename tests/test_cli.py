@@ -415,7 +415,7 @@ def _file(tmp_path, text, name="data.csv"):
 
 ERRORS = {
     "unknown model": (lambda t: ["compare", "gmm", "nosuch", "--out", t / "o"],
-                      "unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae"),
+                      "unknown model(s) nosuch; known models: dlvm, gmm, map_l2, nade, vae"),
     "unknown method": (lambda t: ["estimate", t, "--method", "is-guide", "--method", "mcmc"],
                        "unknown method(s) mcmc"),
     "foreign out dir": (lambda t: ["compare", "gmm", "--out", _nonempty(t)],
@@ -468,6 +468,6 @@ def test_python_dash_m_zoo_reports_errors(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae "
+        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, nade, vae "
         "(see ppzoo list)"]
     assert not (tmp_path / "o").exists()
