@@ -177,5 +177,14 @@ def model_class(name: str) -> Type[ZooModel]:
 
 
 def get(name: str, **options: Any) -> ZooModel:
-    """A fresh instance of the registered model ``name``; ``options`` go to its constructor."""
-    return model_class(name)(**options)
+    """A fresh instance of the registered model ``name``; ``options`` go to its constructor.
+    The instance's ``options`` holds every constructor argument (defaults filled in): saved
+    state records it, so it loads only into the model it was fitted with."""
+    import inspect
+
+    cls = model_class(name)
+    entry = cls(**options)
+    bound = inspect.signature(cls.__init__).bind(None, **options)
+    bound.apply_defaults()
+    entry.options = {k: v for k, v in list(bound.arguments.items())[1:]}
+    return entry
