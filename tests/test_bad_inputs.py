@@ -3,8 +3,6 @@
 2 and one line on stderr naming the problem and the fix, before any work: nothing written,
 nothing changed in an existing folder, no planted code run."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -15,34 +13,14 @@ import torch
 
 import inference
 import zoo
+from clitools import Payload, run_main
 from zoo.app import jobs
-from zoo.app.cli import main
-
-
-def run_main(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse's own errors
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def snapshot(root):
     """Every file under ``root``: its bytes and mtime (what 'nothing changed' compares)."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-class Payload:
-    """Unpickling this runs ``os.mkdir(path)``: the planted code."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 @pytest.fixture(scope="module")

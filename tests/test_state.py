@@ -2,7 +2,6 @@
 loads only into the model, guide, data and fit it belongs to."""
 
 import itertools
-import os
 
 import pyro
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 import inference
 import zoo
+from clitools import Payload
 from inference.state import StateError
 from toy import local_data, local_guide, local_model
 
@@ -41,16 +41,6 @@ def fitted(tmp_path_factory):
         inference.fit(entry, data, steps=3, progress=False).save(root / key.replace("/", "-"))
     pyro.clear_param_store()
     return root
-
-
-class Payload:
-    """Unpickling this runs ``os.mkdir(path)``: the planted code."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 def plant(path, marker):
