@@ -85,9 +85,10 @@ def compare(
     unknown = sorted(set(methods) - set(registered))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(registered)}")
-    ks = [int(k) for k in ([num_samples] if isinstance(num_samples, numbers.Integral) else num_samples)]
-    if not ks or min(ks) < 1:
+    ks = list([num_samples] if isinstance(num_samples, numbers.Integral) else num_samples)
+    if not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
         raise ValueError(f"num_samples must be a non-empty list of integers >= 1, got {ks}")
+    ks = [int(k) for k in ks]
     tgt = as_target(target)
     data = as_data(tgt, data, device)
     load_fitted(target, device)

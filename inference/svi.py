@@ -33,6 +33,7 @@ from pyro.infer import ELBO, SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
+from inference import state as state_file
 from inference.io import PathLike, save_torch, write_with
 from inference.plates import ScaleToFull, on_datapoints, resolve
 from inference.target import (
@@ -223,13 +224,12 @@ def fit(
 
     rows: list = []
     start = 0
+    run = None if checkpoint is None else state_file.run_meta(
+        tgt, data, None if svi is optim else optim, steps=steps, seed=seed, lr=lr, loss=loss,
+        batch_size=batch_size, num_particles=num_particles,
+        vectorize_particles=vectorize_particles)
     if checkpoint is not None and Path(checkpoint).exists():
-        saved = torch.load(checkpoint, map_location=dev, weights_only=False)
-        set_param_state(tgt, saved["state"], dev)
-        optim.set_state(saved["optim"])
-        rows, start = saved["rows"], saved["step"]
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
+        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run)
     batches = _batches(n, batch_size, generator, dev)
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -248,17 +248,17 @@ def fit(
         if step % 50 == 0:
             bar.set_postfix(loss_per_datapoint=f"{value / n:.4g}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator)
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run)
     losses = pd.DataFrame(rows, columns=["step", "loss", "loss_per_datapoint"])
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
-    return FitResult(tgt, losses, param_state(tgt), seconds)
+    return FitResult(tgt, losses, param_state(tgt, data), seconds)
 
 
 def _enumerates(tgt: Target, data) -> bool:
@@ -269,18 +269,28 @@ def _enumerates(tgt: Target, data) -> bool:
                for site in tr.nodes.values())
 
 
-def _checkpoint(path, tgt, optim, rows, step, generator) -> None:
-    save_torch(
-        {
-            "state": param_state(tgt),
-            "optim": optim.get_state(),
-            "rows": list(rows),
-            "step": step,
-            "generator": generator.get_state(),
-            "rng": torch.get_rng_state(),
-        },
-        path,
-    )
+def _resume(path, tgt, data, optim, generator, dev, run):
+    """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
+    into the param store, the networks, the optimiser and the RNGs; returns the loss rows and
+    the step to continue from."""
+    saved = state_file.restore(path, tgt, data, dev, run)
+    optim.set_state(saved["optim"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["rng"])
+    r = saved["rows"]
+    rows = list(zip(r["step"].tolist(), r["loss"].tolist(), r["loss_per_datapoint"].tolist()))
+    return rows, int(saved["step"])
+
+
+def _checkpoint(path, tgt, optim, rows, step, generator, run=None) -> None:
+    cols = list(zip(*rows)) or [(), (), ()]
+    table = {"step": torch.tensor(cols[0], dtype=torch.int64),
+             "loss": torch.tensor(cols[1], dtype=torch.float64),
+             "loss_per_datapoint": torch.tensor(cols[2], dtype=torch.float64)}
+    saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
+                            "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
+                            generator=generator.get_state(), rng=torch.get_rng_state())
+    save_torch(saved, path)
 
 
 STATE_FILE = "state.pt"
@@ -288,21 +298,32 @@ LOSS_FILE = "losses.csv"
 
 
 def save_fit(result: FitResult, folder: PathLike) -> Path:
-    """Write the fitted state (``state.pt``) and loss history (``losses.csv``) to ``folder``,
-    each file atomically."""
+    """Write the fitted state (``state.pt``, see :mod:`inference.state`) and loss history
+    (``losses.csv``) to ``folder``, each file atomically."""
     folder = Path(folder)
-    save_torch({"name": result.target.name, "state": result.state}, folder / STATE_FILE)
+    meta = {"target": state_file.identity(result.target), "data": result.state.get("data")}
+    save_torch(state_file.pack(result.state, meta, "fit"), folder / STATE_FILE)
     write_with(folder / LOSS_FILE, lambda tmp: result.losses.to_csv(tmp, index=False))
     return folder
 
 
-def load_fit(target: Any, folder: PathLike, device: Any = "cpu") -> Target:
+def load_fit(target: Any, folder: PathLike, device: Any = "cpu", data: Any = None) -> Target:
     """Load a state written by :func:`save_fit` into Pyro's param store and ``target``'s
-    networks; returns the :class:`~inference.target.Target`."""
+    networks; returns the :class:`~inference.target.Target`.
+
+    The file is read with ``weights_only=True`` and must belong to ``target`` (its name,
+    options, guide and networks); with ``data``, also to that data (``N`` and hash) and the
+    params the guide creates on it. Otherwise :class:`~inference.state.StateError` names the
+    mismatch."""
     tgt = as_target(target)
     path = Path(folder) / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no fitted state at {path}; run inference.fit(...).save({folder!r}) first")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    set_param_state(tgt, saved["state"], device)
+    saved = state_file.read(path, "fit")
+    if data is not None:
+        data = as_data(tgt, data, device)
+    state_file.check(saved, tgt, path, data=data)
+    if data is not None:
+        state_file.check_params(saved, tgt, data, path)
+    set_param_state(tgt, state_file.unpack(saved), device)
     return tgt

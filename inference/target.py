@@ -260,8 +260,11 @@ def subsampled(fn: Callable[..., Any], handler: SubsampleAt) -> Callable[..., An
     return wrapped
 
 
-def param_state(target: Target) -> Dict[str, Any]:
-    """Fitted state: Pyro params (not the networks' own) and the networks' state dicts."""
+def param_state(target: Target, data: Optional[Data] = None) -> Dict[str, Any]:
+    """Fitted state: Pyro params (not the networks' own) and the networks' state dicts; with
+    ``data``, also the data's fingerprint (:func:`inference.state.fingerprint`)."""
+    from inference.state import fingerprint
+
     store = pyro.get_param_store().get_state()
     prefixes = tuple(f"{name}$$$" for name in target.networks)
     keep = [k for k in store["params"] if not k.startswith(prefixes)]
@@ -269,6 +272,7 @@ def param_state(target: Target) -> Dict[str, Any]:
         "params": {k: store["params"][k].detach().cpu() for k in keep},
         "constraints": {k: store["constraints"][k] for k in keep},
         "networks": {k: net.state_dict() for k, net in target.networks.items()},
+        "data": None if data is None else fingerprint(data),
     }
 
 

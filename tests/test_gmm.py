@@ -220,7 +220,7 @@ def test_load_data_errors(tmp_path):
     with pytest.raises(ValueError, match="non-numeric"):
         entry.load_data(str(bad))
     bad.write_text("a,b\n1,2\n3,\n")
-    with pytest.raises(ValueError, match="empty cells"):
+    with pytest.raises(ValueError, match="data row 2, column 2 holds an empty cell"):
         entry.load_data(str(bad))
     bad.write_text("1,2,3\n4,5,6\n")
     with pytest.raises(ValueError, match=r"zoo.get\('gmm', D=3\)"):

@@ -1,5 +1,6 @@
 """inference.fit: minibatch unbiasedness, checkpoints, save/load, errors."""
 
+import importlib
 import math
 
 import pyro
@@ -63,8 +64,21 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     x = local_data(100)
     whole = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False)
     ckpt = tmp_path / "ckpt.pt"
-    inference.fit(LOCAL, x, steps=30, batch_size=20, lr=0.05, seed=4, progress=False,
-                  checkpoint=ckpt, checkpoint_every=10)
+    svi_module = importlib.import_module("inference.svi")
+    real = svi_module._checkpoint
+
+    def stop_at_30(*args):  # Ctrl-C right after the checkpoint of step 30
+        real(*args)
+        if args[4] == 30:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(svi_module, "_checkpoint", stop_at_30)
+        with pytest.raises(KeyboardInterrupt):
+            inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
+                          checkpoint=ckpt, checkpoint_every=10)
+    # the checkpoint is plain tensors and data: it loads without running pickled code
+    assert torch.load(ckpt, weights_only=True)["step"] == 30
     resumed = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
                             checkpoint=ckpt, checkpoint_every=10)
     torch.testing.assert_close(torch.tensor(resumed.losses["loss"].values),

@@ -37,7 +37,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from zoo.base import Data, Simulated, ZooModel, check_tensors
+from zoo.base import Data, Simulated, ZooModel, check_file, check_size, check_tensors
 
 #: Digits pixels are integers 0..16; a pixel is "on" when it is at least this value.
 DIGITS_THRESHOLD = 8
@@ -121,14 +121,13 @@ def _read_npz(path: str) -> np.ndarray:
 
 def load_mnist(path: str, binarise: bool = True) -> torch.Tensor:
     """A local MNIST images file as a float32 ``[N, 784]`` tensor (any ``[N, ...]`` image
-    shape is flattened). Pixels are scaled to [0, 1] (divided by 255 when integer or
-    larger than 1) and, if ``binarise``, set to 1 where above ``MNIST_THRESHOLD`` = 0.5.
+    shape is flattened). Pixels are scaled to [0, 1] (divided by 255 when larger than 1;
+    integer pixels must be 0/1 or reach at least 128 of 255) and, if ``binarise``, set to 1 where above ``MNIST_THRESHOLD`` = 0.5.
 
     Raises ``FileNotFoundError`` if ``path`` does not exist, ``ValueError`` if it is not
     one of the expected formats or holds unusable values."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path!r}; expected {MNIST_FORMATS}")
+    check_file(path, MNIST_FORMATS)
     a = _read_npz(path) if path.endswith(".npz") else _read_idx(path)
     if a.dtype.kind not in "uif":
         raise ValueError(f"{path}: images have dtype {a.dtype}; expected numbers")
@@ -140,7 +139,13 @@ def load_mnist(path: str, binarise: bool = True) -> torch.Tensor:
     x = torch.as_tensor(a.astype(np.float32)).reshape(a.shape[0], -1)
     if not torch.isfinite(x).all() or (x < 0).any():
         raise ValueError(f"{path}: pixel values must be finite and non-negative")
-    if a.dtype.kind in "ui" or x.max() > 1:
+    top = float(x.max())
+    if a.dtype.kind in "ui" and 1 < top < 128:
+        # 0..255 pixels that never reach half brightness: another scale (the 8x8 digits'
+        # 0..16?) that dividing by 255 would binarise to all zeros.
+        raise ValueError(f"{path}: integer pixels range 0..{top:g}, not 0..255 (nor 0/1); "
+                         "rescale them to [0, 1] first (e.g. x / x.max()) and save as floats")
+    if top > 1:
         x = x / 255.0
     if x.max() > 1:
         raise ValueError(f"{path}: pixel values exceed 255; expected 0..255 or [0, 1]")
@@ -195,6 +200,14 @@ class DeepLatentModel(ZooModel):
             raise ValueError(f"sigma0 must be positive, got {sigma0}")
         self.latent_dim, self.data_dim = int(latent_dim), int(data_dim)
         self.hidden = tuple(int(h) for h in hidden)
+        if min((self.latent_dim, self.data_dim) + self.hidden) < 1:
+            raise ValueError(f"latent_dim={latent_dim}, data_dim={data_dim} and hidden="
+                             f"{list(hidden)} must all be positive integers")
+        sizes = (self.latent_dim, *self.hidden, self.data_dim)
+        weights = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+        check_size(f"hidden={list(self.hidden)}, latent_dim={self.latent_dim}, data_dim="
+                   f"{self.data_dim} ({weights:.3g} weights a network)", 2 * weights,
+                   "choose smaller layers")
         self.likelihood, self.sigma0, self.seed = likelihood, float(sigma0), int(seed)
         self.decoder = self._new_decoder()
         if self.latent_dim > 2:

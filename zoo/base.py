@@ -191,6 +191,124 @@ def model_class(name: str) -> Type[ZooModel]:
     return _REGISTRY.get(name)
 
 
+#: seeds are taken modulo nothing: numpy's and torch's both accept [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def check_options(cls: Type[ZooModel], options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless every option is a constructor argument of ``cls`` whose
+    value has the annotated type (an integer where ``int``, a finite number where ``float``,
+    ``True``/``False`` where ``bool``, a list of integers where ``Sequence[int]``); seeds
+    (options named ``*seed``) must lie in ``[0, 2**32)``."""
+    import inspect
+    import typing
+
+    params = list(inspect.signature(cls.__init__).parameters)[1:]
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; {cls.name} takes "
+                         f"{', '.join(params)}")
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in options.items():
+        problem = _type_problem(value, hints.get(key))
+        if problem is None and key.endswith("seed") and not 0 <= value <= MAX_SEED:
+            problem = f"a seed in [0, 2**32), got {value!r}"
+        if problem is not None:
+            raise ValueError(f"{key} must be {problem}")
+
+
+def _type_problem(value: Any, hint: Any) -> Optional[str]:
+    """What ``value`` should be if it does not match the type ``hint``, else ``None``."""
+    import collections.abc
+    import math
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next((a for a in args if a is not type(None)), None)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return None if isinstance(value, bool) else f"True or False, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"a finite number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"a string, got {value!r}"
+    if origin in (collections.abc.Sequence, list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"a list, e.g. [64, 32], got {value!r}"
+        for v in value:
+            if args and _type_problem(v, args[0]) is not None:
+                return f"a list of {getattr(args[0], '__name__', args[0])}, got {value!r}"
+    return None
+
+
+def check_file(path: str, expected: str, text: bool = False) -> None:
+    """Raise ``FileNotFoundError``/``ValueError`` naming what is wrong unless ``path`` is a
+    readable, non-empty regular file (and, with ``text``, not a binary file)."""
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file; expected {expected}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; pass a data file ({expected})")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a device or pipe?); pass {expected}")
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if not head:
+        raise ValueError(f"{path} is empty; expected {expected}")
+    if text and b"\0" in head:
+        raise ValueError(f"{path} looks like a binary file, not CSV text; expected {expected}")
+
+
+def check_float32(values: Any, path: str) -> None:
+    """Refuse finite values that float32 (the models' dtype) would turn into infinities."""
+    import numpy as np
+
+    big = np.abs(values) > np.finfo(np.float32).max
+    if big.any():
+        r, c = np.argwhere(big.reshape(len(values), -1))[0]
+        v = values.reshape(len(values), -1)[r, c]
+        raise ValueError(f"{path}: value {v:g} in data row {r + 1}, column {c + 1} is too large "
+                         "for float32 (|x| <= 3.4e38); rescale that column")
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (``2**40`` where it cannot be read)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def check_size(what: str, numbers: int, fix: str) -> None:
+    """Refuse, before allocating, what would need more than half this machine's memory:
+    ``numbers`` float32 values, counted four times (values, gradients, two Adam moments, or
+    the temporaries of one evaluation)."""
+    need, have = 16 * int(numbers), memory_bytes()
+    if need > have // 2:
+        raise ValueError(f"{what} needs about {need / 1e9:.3g} GB, more than half this "
+                         f"machine's {have / 1e9:.3g} GB of memory; {fix}")
+
+
 def get(name: str, **options: Any) -> ZooModel:
-    """A fresh instance of the registered model ``name``; ``options`` go to its constructor."""
-    return model_class(name)(**options)
+    """A fresh instance of the registered model ``name``; ``options`` go to its constructor.
+    The instance's ``options`` holds every constructor argument (defaults filled in): saved
+    state records it, so it loads only into the model it was fitted with."""
+    import inspect
+
+    cls = model_class(name)
+    check_options(cls, options)
+    entry = cls(**options)
+    bound = inspect.signature(cls.__init__).bind(None, **options)
+    bound.apply_defaults()
+    entry.options = {k: v for k, v in list(bound.arguments.items())[1:]}
+    return entry

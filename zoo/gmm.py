@@ -54,7 +54,10 @@ import torch
 from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 
-from zoo.base import QUICK, Job, Simulated, ZooModel, check_shape, check_tensors, register
+from zoo.base import (
+    QUICK, Job, Simulated, ZooModel, check_file, check_float32, check_shape, check_size,
+    check_tensors, register,
+)
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 FAITHFUL_CSV = os.path.join(DATA_DIR, "faithful.csv")
@@ -101,8 +104,9 @@ class GaussianMixture(ZooModel):
                              "use 'marginal', 'enumerate' or 'sample'")
         if guide not in ("meanfield", "map"):
             raise ValueError(f"guide={guide!r}; use 'meanfield' or 'map'")
-        if int(K) < 1 or int(D) < 1:
+        if int(K) != K or int(D) != D or int(K) < 1 or int(D) < 1:
             raise ValueError(f"K={K}, D={D}: both must be positive integers")
+        check_size(f"K={K}, D={D}", int(K) * int(D), "choose a smaller K")
         for key, v in dict(alpha=alpha, loc_scale=loc_scale, var_concentration=var_concentration,
                            var_rate=var_rate).items():
             if not v > 0:
@@ -416,6 +420,8 @@ class GaussianMixture(ZooModel):
             raise ValueError(f"x has dtype {x.dtype}; convert it with x.float()")
         if x.dim() != 2:
             check_shape(x, 2, "x (rows = datapoints, columns = features)")
+        check_size(f"K={self.K} components on {x.shape[0]} datapoints", x.numel() * self.K,
+                   "choose a smaller K or fewer datapoints")
         if x.shape[1] != self.D:
             raise ValueError(f"x has {x.shape[1]} columns but this model has D={self.D}; "
                              f"construct it with zoo.get('gmm', D={x.shape[1]})")
@@ -423,26 +429,34 @@ class GaussianMixture(ZooModel):
 
 def _read_csv(path: str) -> np.ndarray:
     """A CSV file of numeric columns as a float64 array; a non-numeric first row is a header."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such data file: {path!r} (expected a CSV of numeric "
-                                "columns, one row per datapoint, optional header row)")
+    expected = "a CSV of numeric columns, one row per datapoint, optional header row"
+    check_file(path, expected, text=True)
     try:
-        df = pd.read_csv(path, header=None, dtype=str, skip_blank_lines=True)
+        df = pd.read_csv(path, header=None, dtype=str, skip_blank_lines=True,
+                         encoding="utf-8-sig", keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot parse {path!r} as CSV: {e}") from e
-    vals = df.apply(pd.to_numeric, errors="coerce")
-    if len(df) and vals.iloc[0].isna().all():
-        df, vals = df.iloc[1:], vals.iloc[1:]
+    text = df.apply(lambda c: c.str.strip())
+    empty = text == ""
+    vals = text.apply(pd.to_numeric, errors="coerce")
+    nanlike = text.apply(lambda c: c.str.lower().isin(["nan", "+nan", "-nan"]))
+    other = vals.isna() & ~empty & ~nanlike
+    if len(df) and other.iloc[0].any() and (other | empty).iloc[0].all():  # a header row
+        df, text, empty, vals, nanlike, other = (t.iloc[1:] for t in
+                                                 (df, text, empty, vals, nanlike, other))
     if len(df) == 0:
         raise ValueError(f"{path!r} holds no data rows")
-    bad = vals.isna() & df.notna()
-    if bad.any().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise ValueError(f"{path!r}: non-numeric value {df.iat[r, c]!r} in data row {r + 1}, "
-                         f"column {c + 1}; every column must be numeric")
-    if vals.isna().any().any():
-        raise ValueError(f"{path!r} has empty cells; drop or impute them first")
-    return np.array(vals.to_numpy(dtype=np.float64), dtype=np.float64)  # writable copy
+    for mask, what in ((other, "non-numeric value {v!r}; every column must be numeric"),
+                       (empty, "an empty cell; drop or impute it"),
+                       (nanlike | vals.isin([np.inf, -np.inf]),
+                        "the non-finite value {v!r}; drop or impute it")):
+        if mask.any().any():
+            r, c = np.argwhere(mask.to_numpy())[0]
+            raise ValueError(f"{path!r}: data row {r + 1}, column {c + 1} holds "
+                             + what.format(v=text.iat[r, c]))
+    arr = np.array(vals.to_numpy(dtype=np.float64), dtype=np.float64)  # writable copy
+    check_float32(arr, path)
+    return arr
 
 
 # ------------------------------------------------------------ notebook helpers: EM, clusters

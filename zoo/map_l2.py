@@ -32,7 +32,6 @@ Notebook helpers: :func:`map_path` fits the MAP guide over a grid of prior scale
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -44,7 +43,9 @@ import torch
 from pyro.distributions import constraints
 
 import inference
-from zoo.base import QUICK, Job, Simulated, ZooModel, check_tensors, register
+from zoo.base import (
+    QUICK, Job, Simulated, ZooModel, check_file, check_float32, check_tensors, register,
+)
 
 _DATASETS = {"diabetes": 10, "breast_cancer": 30}  # name -> number of features
 
@@ -340,10 +341,9 @@ class MapL2(ZooModel):
 
 
 def _read_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file; expected a CSV of numbers with the"
-                                " features in the first columns and the target in the last")
-    with open(path) as f:
+    check_file(path, "a CSV of numbers with the features in the first columns and the target "
+               "in the last", text=True)
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # a BOM is not data
         first = f.readline().split(",")
     try:
         [float(v) for v in first]
@@ -353,13 +353,15 @@ def _read_csv(path: str) -> Tuple[np.ndarray, np.ndarray]:
     try:
         with warnings.catch_warnings():  # an empty file is reported below, not warned about
             warnings.simplefilter("ignore")
-            table = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header)
-    except ValueError as err:
+            table = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header,
+                               encoding="utf-8-sig")
+    except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: could not parse as a numeric CSV (comma separated, at most"
                          f" one header line, same number of columns on every row): {err}") from None
     if table.shape[0] == 0 or table.shape[1] < 2:
         raise ValueError(f"{path}: need at least one row and two columns (features, then the"
                          f" target last), got shape {table.shape}")
+    check_float32(table, path)
     return table[:, :-1], table[:, -1]
 
 

@@ -11,16 +11,20 @@ Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (Py
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
 compare job's for that model (its class's ``job``, :class:`zoo.Job`).
 
-Every check that can fail (model, method, options, data, device, output directory) runs
-before any long work and ends the command with one line on stderr and exit status 2.
-Ctrl-C keeps what is finished (exit status 130); ``compare --resume`` continues from it, and
-``fit --resume`` continues a fit from its last checkpoint.
+Every check that can fail (model, method, options and their types, settings, data, device,
+output directory, saved state) runs before any long work and ends the command with one line on
+stderr and exit status 2, writing nothing. An unexpected error prints one line naming the file
+that holds its traceback (exit status 1; ``--debug`` raises it instead). A command holds an
+exclusive lock on the folder it writes to. Ctrl-C keeps what is finished (exit status 130);
+``compare --resume`` continues from it, ``fit --resume`` continues a fit from its last
+checkpoint, and ``estimate`` run again appends only the rows ``estimates.csv`` lacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import os
 import sys
 from pathlib import Path
@@ -97,18 +101,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         batch_size=base.batch_size if args.batch_size is None else args.batch_size,
         subset=args.subset, scope=None, estimate_options={},
     )
-    if job.steps < 1 or (job.batch_size is not None and job.batch_size < 1) or job.lr <= 0:
-        raise jobs.UsageError("--steps and --batch-size must be positive integers, --lr "
-                              "positive")
+    jobs.check_fit_settings(job, args.seed)
     entry = jobs.make_entry(args.model, job.options)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
-    out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume)
-    if args.resume and (out / jobs.CONFIG_FILE).exists():
+    out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
+                           stale=lambda out: not jobs.fit_started(out))
+    if args.resume and jobs.fit_started(out):
         config = jobs.fit_config(entry, job, data_path=data_path, seed=args.seed,
                                  device=args.device)
         jobs.check_resumable(jobs.read_config(out), config, out)
-        if (out / "state.pt").is_file():
+        jobs.check_saved(entry, out, data)
+        if jobs.fit_finished(out):
             _echo(f"{out} holds a finished fit; nothing to do; next: {PROG} estimate {out}")
             return 0
         if (out / jobs.CHECKPOINT_FILE).is_file():
@@ -128,36 +132,41 @@ def _data_arg(path: str) -> str:
 def cmd_estimate(args: argparse.Namespace) -> int:
     import inference
     from zoo.app import jobs
-    from inference.io import write_with
 
     methods = jobs.check_methods(args.method or inference.methods())
     ks = args.K or [1, 10, 100, 1000]
-    if min(ks) < 1 or args.seeds < 1:
-        raise jobs.UsageError("-K values and --seeds must be integers >= 1")
+    jobs.check_estimate_settings(ks, args.seeds)
     jobs.check_device(args.device)
     folder = Path(args.dir)
     if not folder.is_dir():
         raise jobs.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
     config = jobs.read_config(folder)
     jobs.check_models([config["model"]])
-    if not (folder / "state.pt").is_file():
-        raise jobs.UsageError(f"{folder} holds no state.pt: the fit did not finish; "
-                              "rerun ppzoo fit")
+    if not jobs.fit_finished(folder):
+        raise jobs.UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
+                              "finish it with ppzoo fit ... --resume")
     entry = jobs.make_entry(config["model"], config["options"])
     data = jobs.load_data(entry, config.get("data"), config.get("subset"), args.device)
-    inference.load_fit(entry, folder, device=args.device)
+    jobs.check_saved(entry, folder, data)
+    jobs.lock_folder(folder)
+    path = folder / "estimates.csv"
+    table = jobs.Rows(path, key=("method", "K", "seed"))
+    done = table.done()
+    inference.load_fit(entry, folder, device=args.device, data=data)
     df = inference.compare(
         entry, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
         on_start=lambda m, k, s: _reference_started(m, config["model"]),
+        on_row=table.add, skip=lambda m, k, s: (m, int(k), int(s)) in done,
         **config.get("estimate_options", {}))
     for method, reason in df.attrs.get("skipped", {}).items():
         _echo(f"{method} skipped: {reason}")
-    path = folder / "estimates.csv"
-    write_with(path, lambda tmp: df.to_csv(tmp, index=False))
-    if len(df):
-        _echo(_estimate_table(df))
-    _echo(f"wrote {path} ({len(df)} rows)")
+    rows = table.df
+    mine = rows[rows["method"].isin(methods) & (rows["K"].isin(ks) | (rows["K"] == 0))
+                & (rows["seed"] < args.seeds)] if len(rows) else rows
+    if len(mine):
+        _echo(_estimate_table(mine))
+    _echo(f"wrote {path} ({len(table.df) - len(done)} new rows, {len(table.df)} in all)")
     return 0
 
 
@@ -250,18 +259,27 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 # ---------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (like every other ppzoo error)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG, description="ppzoo: a zoo of Pyro models, SVI fits and evidence estimators.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", help="registered models: summary, default data, exact references")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     common.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they show only on a terminal anyway)")
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error")
     common.add_argument("--threads", type=int, default=1, metavar="N",
                         help="PyTorch CPU threads (default 1: the zoo's models are small, and "
                              "more threads contend with other processes)")
@@ -320,20 +338,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    from zoo.app.jobs import UsageError
-
-    threads = torch.get_num_threads()
+    threads = None
     try:
-        if getattr(args, "threads", None) is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        return args.func(args)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        import torch
+
+        from inference.state import StateError
+        from zoo.app.jobs import UsageError, locks_held, release_locks
+
+        threads, held = torch.get_num_threads(), locks_held()
+        try:
+            if getattr(args, "threads", None) is not None:
+                if args.threads < 1:
+                    raise UsageError(f"--threads must be >= 1, got {args.threads}")
+                torch.set_num_threads(args.threads)
+            return args.func(args)
+        except (UsageError, StateError) as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            release_locks(held)
+            torch.set_num_threads(threads)
     except FloatingPointError as e:  # a fit diverged: say so in one line
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
@@ -348,12 +372,41 @@ def main(argv: Optional[List[str]] = None) -> int:
             "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                        "--resume to continue",
             "fit": _fit_interrupted(getattr(args, "out", "")),
-            "estimate": "no estimates were written",
+            "estimate": "finished estimates are kept in estimates.csv; rerun to continue",
         }.get(args.command, "")
         print(f"\n{PROG}: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        torch.set_num_threads(threads)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or getattr(args, "debug", False):
+            return _internal_error(args, e)
+        print(f"{PROG}: error: no space left on the device writing {e.filename or 'a file'}; "
+              "free some space, then rerun the same command with --resume (finished files "
+              "are kept)", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug: one line and where the traceback is
+        return _internal_error(args, e)
+
+
+def _internal_error(args: argparse.Namespace, e: BaseException) -> int:
+    """An unexpected error (a bug, not a usage error): with ``--debug`` the traceback, else
+    one line naming the file that holds it."""
+    import tempfile
+    import traceback
+
+    if getattr(args, "debug", False):
+        raise e
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="ppzoo-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{PROG} {' '.join(sys.argv[1:])}\n{text}")
+        where = f"the full traceback is in {path}"
+    except OSError:
+        where = "rerun with --debug for the traceback"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    print(f"{PROG}: internal error: {type(e).__name__}: {first}; {where} (please report it)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -18,6 +17,9 @@ import torch
 import inference
 import zoo
 from inference.io import write_text, write_with
+from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
+    Rows, UsageError, lock_folder, locks_held, prepare_out, release_locks,
+)
 from zoo.base import Job
 
 RUN_FILE = "run.json"
@@ -26,11 +28,6 @@ SUMMARY_FILE = "summary.md"
 CONFIG_FILE = "config.json"
 SKIPPED_FILE = "skipped.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class UsageError(Exception):
-    """A problem with what was asked for (model, method, directory, device, data), found
-    before any long work; the command line prints it as one line and exits non-zero."""
 
 
 # ---------------------------------------------------------------------------- settings
@@ -75,41 +72,21 @@ def check_methods(methods: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(methods))
 
 
-def prepare_out(out: os.PathLike, *, marker: str, resume: bool = False,
-                can_resume: bool = True) -> Path:
-    """Check ``out`` can hold a new run (or, with ``resume``, continues one whose ``marker``
-    file exists), create it and check it is writable."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    previous = (out / marker).exists()
-    if out.is_dir() and any(out.iterdir()):
-        if not previous:
-            raise UsageError(f"--out {out} exists, is not empty and holds no previous run "
-                             f"(no {marker}); choose a new or empty directory")
-        if not resume:
-            hint = "pass --resume to continue it, or" if can_resume else "please"
-            raise UsageError(f"--out {out} holds a previous run; {hint} choose a new directory")
-    anc = out.absolute()
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise UsageError(f"cannot create --out {out}: {anc} is not a directory")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {anc}: permission denied; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
-    return out
+def cli_words(message: str) -> str:
+    """An API fix worded for the command line: ``zoo.get('gmm', D=3)`` -> ``--option D=3``."""
+    import re
+
+    return re.sub(r"zoo\.get\(\s*'\w+'\s*,\s*([^)]*)\)",
+                  lambda m: "--option " + " ".join(a.strip() for a in m.group(1).split(",")),
+                  message)
 
 
 def make_entry(name: str, options: Dict[str, Any]):
     try:
         return zoo.get(name, **options)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"cannot build model {name!r} with options {options}: {e}") from None
+        raise UsageError(cli_words(f"cannot build model {name!r} with options {options}: {e}")
+                         ) from None
 
 
 def load_data(entry, path: Optional[str] = None, subset: Optional[int] = None,
@@ -118,26 +95,106 @@ def load_data(entry, path: Optional[str] = None, subset: Optional[int] = None,
     try:
         data = entry.load_data(path, device="cpu")
         if subset is not None:
+            if subset > len(data[0]):
+                raise ValueError(f"--subset {subset} asks for more rows than the data's "
+                                 f"{len(data[0])}; pass at most {len(data[0])}")
             data = tuple(t[:subset] for t in data)
         entry.check_data(*data)
     except FileNotFoundError as e:
         raise UsageError(str(e).strip("'\"")) from None
     except (ValueError, TypeError, OSError) as e:
-        raise UsageError(f"cannot use data {path or '(default)'} for {entry.name}: {e}") from None
+        raise UsageError(cli_words(f"cannot use data {path or '(default)'} for {entry.name}: "
+                                   f"{e}")) from None
     return tuple(t.to(device) for t in data)
 
 
+#: the largest -K (particles) accepted: memory stays within the chunk budget for any K, but
+#: above this a run would take days and K no longer fits the estimators' integer bookkeeping
+MAX_NUM_SAMPLES = 10**9
+
+
+def _number(value: Any, integer: bool) -> bool:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if integer else math.isfinite(value)
+
+
+def check_fit_settings(job: Job, seed: Any) -> None:
+    """The fit settings a command line can get wrong: each named with its fix."""
+    problems = []
+    if not (_number(job.steps, True) and job.steps >= 1):
+        problems.append(f"--steps must be an integer >= 1, got {job.steps!r}")
+    if job.batch_size is not None and not (_number(job.batch_size, True) and job.batch_size >= 1):
+        problems.append(f"--batch-size must be an integer >= 1, got {job.batch_size!r}")
+    if not (_number(job.lr, False) and job.lr > 0):
+        problems.append(f"--lr must be a finite number > 0, got {job.lr!r}")
+    if not (_number(job.lr_decay, False) and job.lr_decay > 0):
+        problems.append(f"--lr-decay must be a finite number > 0 (the final lr as a fraction "
+                        f"of --lr, e.g. 0.1), got {job.lr_decay!r}")
+    if not (_number(seed, True) and 0 <= seed <= zoo.base.MAX_SEED):
+        problems.append(f"--seed must be an integer in [0, 2**32), got {seed!r}")
+    if job.subset is not None and not (_number(job.subset, True) and job.subset >= 1):
+        problems.append(f"--subset must be an integer >= 1, got {job.subset!r}")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def check_estimate_settings(ks: Sequence[Any], seeds: Any) -> None:
+    bad = [k for k in ks if not (_number(k, True) and 1 <= k <= MAX_NUM_SAMPLES)]
+    if bad:
+        raise UsageError(f"-K must be an integer in [1, {MAX_NUM_SAMPLES:.0e}], got {bad[0]}")
+    if not (_number(seeds, True) and 1 <= seeds <= zoo.base.MAX_SEED):
+        raise UsageError(f"--seeds must be an integer >= 1, got {seeds}")
+
+
 def read_config(folder: os.PathLike) -> Dict[str, Any]:
+    """``folder/config.json``, every field checked (:class:`UsageError` naming the field)."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{folder} holds no {CONFIG_FILE}: not a fitted run; create one with "
                          "ppzoo fit MODEL --out DIR")
     try:
         config = json.loads(path.read_text())
-        config["model"], config.setdefault("options", {})
-    except (ValueError, KeyError, TypeError) as e:
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError, OSError) as e:
         raise UsageError(f"{path} is malformed ({e}); refit with ppzoo fit") from None
+    config.setdefault("options", {})
+    problem = _config_problem(config)
+    if problem:
+        raise UsageError(f"{path}: {problem}; fix that field or refit with ppzoo fit")
     return config
+
+
+def _config_problem(config: Dict[str, Any]) -> Optional[str]:
+    model, subset, scope = config.get("model"), config.get("subset"), config.get("scope")
+    if not isinstance(model, str):
+        return f"'model' must be a model name, got {model!r}"
+    if not isinstance(config["options"], dict):
+        return f"'options' must be an object, got {config['options']!r}"
+    if not isinstance(config.get("data"), (str, type(None))):
+        return f"'data' must be a path or null, got {config.get('data')!r}"
+    if subset is not None and not (_number(subset, True) and subset >= 1):
+        return f"'subset' must be an integer >= 1 or null, got {subset!r}"
+    if scope not in (None, "local", "global"):
+        return f"'scope' must be \"local\", \"global\" or null, got {scope!r}"
+    options = config.get("estimate_options", {})
+    if not isinstance(options, dict):
+        return f"'estimate_options' must be an object, got {options!r}"
+    from inference import estimators
+
+    known = estimators.all_options()
+    for key, value in options.items():
+        if key not in known:
+            return f"unknown estimate option {key!r} (known: {', '.join(sorted(known))})"
+        default = estimators.get(known[key]).options[key]
+        integer = isinstance(default, int) and not isinstance(default, bool)
+        if isinstance(default, (int, float)) and not (_number(value, integer) and value >= 1):
+            kind = "an integer" if integer else "a finite number"
+            return f"estimate option {key} must be {kind} >= 1, got {value!r}"
+    return None
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -166,6 +223,35 @@ def check_resumable(previous: Dict[str, Any], config: Dict[str, Any], folder: Pa
     if differ:
         raise UsageError(f"--resume: {folder} holds a fit with other settings ({'; '.join(differ)}"
                          "); rerun with its settings or choose a new --out")
+
+
+FIT_OUTPUTS = ("state.pt", "losses.csv", "loss.png")
+
+
+def fit_finished(folder: Path) -> bool:
+    """A fit is finished once every output exists and its checkpoint is gone (it is
+    removed last): a fit killed between outputs continues from the checkpoint."""
+    return (all((folder / f).is_file() for f in FIT_OUTPUTS)
+            and not (folder / CHECKPOINT_FILE).exists())
+
+
+def fit_started(folder: Path) -> bool:
+    """Whether ``folder`` holds anything of a fit beyond its config (a checkpoint or state)."""
+    return (folder / CHECKPOINT_FILE).exists() or (folder / "state.pt").exists()
+
+
+def check_saved(entry, folder: Path, data) -> None:
+    """Refuse (one line, before any work) a ``state.pt`` or ``checkpoint.pt`` in ``folder``
+    that is not ppzoo state, or belongs to another model, guide or data set."""
+    from inference import state as state_file
+
+    target = inference.as_target(entry)
+    for name, kind in (("state.pt", "fit"), (CHECKPOINT_FILE, "checkpoint")):
+        path = Path(folder) / name
+        if path.is_file():
+            saved = state_file.read(path, kind)
+            state_file.check(saved, target, path, data=data)
+            state_file.check_params(saved, target, data, path)
 
 
 def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,

@@ -36,12 +36,12 @@ import torch
 
 import inference
 from inference import estimators
-from inference.io import write_text, write_with
+from inference.io import write_text
 from zoo.app import summary
 from zoo.app.jobs import (
-    RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, UsageError,
-    check_device, check_models, fit_entry, job_for, job_methods, load_data, make_entry,
-    prepare_out, save_figure,
+    RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
+    check_device, check_models, check_saved, fit_entry, fit_finished, job_for, job_methods,
+    load_data, make_entry, prepare_out, save_figure,
 )
 
 # ---------------------------------------------------------------------------- compare job
@@ -57,6 +57,7 @@ class Plan:
     jobs: Dict[str, Job]
     entries: Dict[str, Any]
     data: Dict[str, Tuple[torch.Tensor, ...]]
+    table: Optional["Results"] = None
 
 
 def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = False,
@@ -73,7 +74,10 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
     jobs = {n: job_for(n, quick) for n in names}
     entries = {n: make_entry(n, jobs[n].options) for n in names}
     data = {n: load_data(entries[n], None, jobs[n].subset, device) for n in names}
-    return Plan(out, names, quick, device, resume, jobs, entries, data)
+    for n in names:  # foreign or unreadable state is refused here, before any work
+        check_saved(entries[n], out / n, data[n])
+    table = Results(out / RESULTS_FILE)  # so is an unreadable results.csv
+    return Plan(out, names, quick, device, resume, jobs, entries, data, table)
 
 
 def run_compare(plan: Plan, *, progress: bool = False,
@@ -84,16 +88,16 @@ def run_compare(plan: Plan, *, progress: bool = False,
     run["models"] = list(dict.fromkeys(run["models"] + plan.models))
     run.update(device=plan.device, updated=_now())
     write_text(json.dumps(run, indent=2) + "\n", out / RUN_FILE)
-    table = Results(out / RESULTS_FILE)
+    table = plan.table or Results(out / RESULTS_FILE)
     for name in plan.models:
         job, entry, data = plan.jobs[name], plan.entries[name], plan.data[name]
         folder = out / name
-        if (folder / "state.pt").exists():
+        if fit_finished(folder):
             echo(f"{name}: fitted state found in {folder}, not refitting")
         else:
             folder.mkdir(exist_ok=True)
             fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo)
-        inference.load_fit(entry, folder, device=plan.device)
+        inference.load_fit(entry, folder, device=plan.device, data=data)
         skipped = _read_json(folder / SKIPPED_FILE) or {}
         seeds = list(range(job.seeds))
         methods = job_methods(job)
@@ -131,25 +135,18 @@ def run_compare(plan: Plan, *, progress: bool = False,
     return table.df
 
 
-class Results:
-    """``results.csv``, rewritten atomically after every row."""
+class Results(Rows):
+    """``results.csv``: a ``model`` column, then :class:`~zoo.app.jobs.Rows`'s; rewritten
+    atomically after every row."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        super().__init__(path, key=("model", "method", "K", "seed"))
 
     def done(self, model: str) -> set:
-        if self.df.empty:
-            return set()
-        part = self.df[self.df["model"] == model]
-        return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
+        return super().done(model=model)
 
     def add(self, model: str, row: Dict[str, Any]) -> Dict[str, Any]:
-        row = {"model": model, **row, "finished": _now()}
-        new = pd.DataFrame([row])
-        self.df = new if self.df.empty else pd.concat([self.df, new], ignore_index=True)
-        write_with(self.path, lambda tmp: self.df.to_csv(tmp, index=False))
-        return row
+        return super().add({"model": model, **row, "finished": _now()})
 
 
 class _GroupEcho:
