@@ -26,7 +26,7 @@ compare_module = importlib.import_module("inference.compare")
 
 RESULT_COLUMNS = ["model", *COLUMNS, "finished"]
 DEEP = {"latent", "decoded", "reconstructions"}
-VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}}
+VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}, "fa": {"loadings"}}
 
 
 def run_main(argv):
@@ -102,7 +102,9 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
     summary = (out / "summary.md").read_text()
     for name in zoo.names():
         pngs = {p.stem for p in (out / name).glob("*.png")}
-        assert pngs == {"loss", "estimates", "diagnostics"} | VIEWS[name]
+        # error vs cost wherever there is an exact reference (gmm has none)
+        cost = set() if name == "gmm" else {"cost"}
+        assert pngs == {"loss", "estimates", "diagnostics"} | cost | VIEWS[name]
         for stem in pngs:
             img = mpimg.imread(out / name / f"{stem}.png")
             assert img.ndim == 3 and min(img.shape[:2]) > 100 and img.shape[2] in (3, 4)
@@ -314,7 +316,7 @@ def _file(tmp_path, text, name="data.csv"):
 
 ERRORS = {
     "unknown model": (lambda t: ["compare", "gmm", "nosuch", "--out", t / "o"],
-                      "unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae"),
+                      "unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, vae"),
     "unknown method": (lambda t: ["estimate", t, "--method", "is-guide", "--method", "mcmc"],
                        "unknown method(s) mcmc"),
     "foreign out dir": (lambda t: ["compare", "gmm", "--out", _nonempty(t)],
@@ -367,6 +369,6 @@ def test_python_dash_m_zoo_reports_errors(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, vae "
+        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, vae "
         "(see ppzoo list)"]
     assert not (tmp_path / "o").exists()

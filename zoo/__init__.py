@@ -2,7 +2,7 @@
 
 >>> import zoo
 >>> zoo.names()
-('dlvm', 'gmm', 'map_l2', 'vae')
+('dlvm', 'fa', 'gmm', 'map_l2', 'vae')
 >>> entry = zoo.get("map_l2")
 >>> X, y = entry.load_data()
 """
@@ -13,7 +13,7 @@ from zoo.base import (
 )
 
 # Importing the model modules registers them: adding a model is one file and one line here.
-from zoo import gmm, dlvm, vae, map_l2  # noqa: E402,F401
+from zoo import gmm, dlvm, vae, map_l2, fa  # noqa: E402,F401
 
 __all__ = ["ZooModel", "Simulated", "Job", "get", "names", "model_class", "register",
            "unregister", "check_tensors", "check_shape"]

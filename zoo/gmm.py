@@ -87,9 +87,10 @@ class GaussianMixture(ZooModel):
     default_data = "iris (150 x 4, scikit-learn), standardised columns"
     references = ("exact enumeration of the assignments (log_likelihood)",)
     job = Job(options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global",
+              methods=("exact", "elbo", "is-guide", "is-prior", "smc"),
               why="mean-field guide over the globals (assignments summed out); is-guide "
                   "symmetrises the guide over the 3! component relabellings",
-              quick=dict(QUICK, steps=300))
+              quick=dict(QUICK, steps=300, methods=("exact", "elbo", "is-guide", "is-prior")))
 
     def __init__(self, K: int = 3, D: int = 4, assignments: str = "marginal",
                  guide: str = "meanfield", shared_variance: bool = False, alpha: float = 1.0,

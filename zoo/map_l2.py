@@ -88,9 +88,10 @@ class MapL2(ZooModel):
     references = ("closed-form evidence", "closed-form posterior")
     symmetries = {}
     job = Job(options={"guide": "gaussian"}, steps=1500, lr=0.05, scope="global",
+              methods=("exact", "elbo", "is-guide", "is-prior", "ais", "smc"),
               why="full-covariance Gaussian guide: it contains the exact posterior, and the "
                   "evidence has a closed form",
-              quick=dict(QUICK, steps=400))
+              quick=dict(QUICK, steps=400, methods=("exact", "elbo", "is-guide", "is-prior")))
 
     def __init__(
         self,
