@@ -20,6 +20,11 @@ and the HMC acceptance. Cost: ``runs x K x stages x moves x (leapfrog_steps + 1)
 evaluations of ``log p(X, z)`` and its gradient. Global scope only (per-datapoint evidence:
 ``ais``).
 
+The start is the prior by default: the conditional ESS only sees where the particles are, so
+from a guide narrower than the posterior it takes too few stages (map_l2 on 100 diabetes
+points with a 300-step full Gaussian guide: 3-5 stages, 0.48 nats low, 3.7 stderr; from the
+prior 10-12 stages and within 1.5 stderr over three seeds).
+
 References
 
 [1] Del Moral, Doucet, Jasra (2006), Sequential Monte Carlo samplers, JRSS B.
