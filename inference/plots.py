@@ -158,3 +158,34 @@ def ellipse(mean: Any, cov: Any, num_sd: float = 2.0, num_points: int = 100) -> 
     circle = np.stack([np.cos(t), np.sin(t)], -1)
     return m + num_sd * (circle * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
 
+
+
+def plot_cost(df: pd.DataFrame, options: Optional[dict] = None, title: Optional[str] = None):
+    """Absolute error against the exact reference vs cost, per method (mean over seeds per K):
+    wall-clock seconds (left) and evaluations of ``log p(x, z)`` per datapoint (right, from each
+    estimator's :meth:`~inference.estimators.Estimator.evaluations` at ``options``; methods
+    whose cost is adaptive are left out there). Estimators are compared at equal cost: lower
+    and to the left is better. ``None`` without a reference."""
+    from inference import estimators
+
+    rows = df[(df["K"] > 0) & df["error"].notna()]
+    if not len(rows):
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for method, part in rows.groupby("method"):
+        g = part.assign(abs_error=part["error"].abs()).groupby("K", sort=True)
+        s = g.agg(seconds=("seconds", "mean"), abs_error=("abs_error", "mean")).reset_index()
+        line, = a1.plot(s["seconds"], s["abs_error"], marker="o", label=method)
+        if method in estimators.names():
+            cost = [estimators.get(method).evaluations(int(k), **(options or {})) for k in s["K"]]
+            if all(c is not None for c in cost):
+                a2.plot(cost, s["abs_error"], marker="o", color=line.get_color(), label=method)
+    a1.set(xscale="log", yscale="log", xlabel="seconds", ylabel="|estimate - exact| (nats)",
+           title="error vs wall-clock time")
+    a2.set(xscale="log", xlabel="evaluations of log p(x, z) per datapoint",
+           title="error vs likelihood evaluations")
+    a1.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -44,3 +44,9 @@ def test_bench_memory_small():
     table = rows(run("bench_memory.py", "--n", "20", "-K", "1", "-K", "200"))
     assert [(r[0], r[1]) for r in table] == [("1", "20"), ("200", "20")]
     assert all(float(r[3]) > 0 for r in table)
+
+
+def test_bench_ais_quick():
+    table = rows(run("bench_ais.py", "--quick"))
+    assert [r[0] for r in table] == ["inference.estimate ais", "hand-written PyTorch"]
+    assert table[1][8] == "1.00" and float(table[0][8]) > 0

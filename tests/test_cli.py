@@ -26,7 +26,8 @@ compare_module = importlib.import_module("inference.compare")
 
 RESULT_COLUMNS = ["model", *COLUMNS, "finished"]
 DEEP = {"latent", "decoded", "reconstructions", "samples"}
-VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}, "nade": {"samples"}}
+VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}, "nade": {"samples"},
+         "fa": {"loadings"}}
 
 
 def run_main(argv):
@@ -184,7 +185,10 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
     for name in zoo.names():
         pngs = {p.stem for p in (out / name).glob("*.png")}
         sampled = any(m != "exact" for m in jobs.job_methods(jobs.job_for(name, True)))
-        assert pngs == {"loss", "estimates"} | ({"diagnostics"} if sampled else set()) | VIEWS[name]
+        # error vs cost wherever sampled rows meet an exact reference (gmm has none)
+        cost = {"cost"} if sampled and name != "gmm" else set()
+        assert pngs == ({"loss", "estimates"} | ({"diagnostics"} if sampled else set()) | cost
+                        | VIEWS[name])
         for stem in pngs:
             img = mpimg.imread(out / name / f"{stem}.png")
             assert img.ndim == 3 and min(img.shape[:2]) > 100 and img.shape[2] in (3, 4)
@@ -415,7 +419,7 @@ def _file(tmp_path, text, name="data.csv"):
 
 ERRORS = {
     "unknown model": (lambda t: ["compare", "gmm", "nosuch", "--out", t / "o"],
-                      "unknown model(s) nosuch; known models: dlvm, gmm, map_l2, nade, vae"),
+                      "unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, nade, vae"),
     "unknown method": (lambda t: ["estimate", t, "--method", "is-guide", "--method", "mcmc"],
                        "unknown method(s) mcmc"),
     "foreign out dir": (lambda t: ["compare", "gmm", "--out", _nonempty(t)],
@@ -468,6 +472,6 @@ def test_python_dash_m_zoo_reports_errors(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, gmm, map_l2, nade, vae "
+        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, nade, vae "
         "(see ppzoo list)"]
     assert not (tmp_path / "o").exists()

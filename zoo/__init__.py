@@ -2,7 +2,7 @@
 
 >>> import zoo
 >>> zoo.names()
-('dlvm', 'gmm', 'map_l2', 'nade', 'vae')
+('dlvm', 'fa', 'gmm', 'map_l2', 'nade', 'vae')
 >>> entry = zoo.get("map_l2")
 >>> X, y = entry.load_data()
 
@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 #: the zoo's own model modules: importing one registers its model
-MODELS = ("gmm", "dlvm", "vae", "map_l2", "nade")
+MODELS = ("gmm", "dlvm", "vae", "map_l2", "nade", "fa")
 
 __all__ = ["ZooModel", "Simulated", "Job", "get", "names", "model_class", "register",
            "unregister", "check_tensors", "check_shape"]

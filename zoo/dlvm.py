@@ -56,7 +56,7 @@ class DLVM(DeepLatentModel):
 
     name = "dlvm"
     summary = "deep latent variable model (MLP decoder), non-amortized per-datapoint Gaussian guide"
-    job = Job(steps=3000, lr=0.02, scope="local",
+    job = Job(steps=3000, lr=0.02, scope="local", methods=("exact", "elbo", "is-guide", "is-prior"),
               why="per-datapoint Gaussian guide (full-data steps); exact reference by 2-D "
                   "quadrature",
               quick=dict(QUICK, steps=300, subset=300, estimate_options={"quadrature_points": 32}))

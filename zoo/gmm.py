@@ -91,9 +91,10 @@ class GaussianMixture(ZooModel):
     references = ("none for log p(X); per datapoint given the globals, by enumerating the "
                   "assignments (scope='local')",)
     job = Job(options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global",
+              methods=("exact", "elbo", "is-guide", "is-prior", "smc"),
               why="mean-field guide over the globals (assignments summed out); is-guide "
                   "symmetrises the guide over the 3! component relabellings",
-              quick=dict(QUICK, steps=300))
+              quick=dict(QUICK, steps=300, methods=("exact", "elbo", "is-guide", "is-prior")))
 
     def __init__(self, K: int = 3, D: int = 4, assignments: str = "marginal",
                  guide: str = "meanfield", shared_variance: bool = False, alpha: float = 1.0,

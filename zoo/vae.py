@@ -70,6 +70,7 @@ class VAE(DeepLatentModel):
     name = "vae"
     summary = "variational autoencoder: deep latent variable model with an amortized MLP encoder"
     job = Job(steps=5000, lr=0.01, batch_size=128, scope="local",
+              methods=("exact", "elbo", "is-guide", "is-prior"),
               why="amortized encoder; per-datapoint evidence, exact reference by 2-D quadrature",
               quick=dict(QUICK, steps=300, batch_size=100, subset=300,
                          estimate_options={"quadrature_points": 32}))

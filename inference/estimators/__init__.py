@@ -86,6 +86,12 @@ class Estimator:
     weighted: ClassVar[bool] = True
     options: ClassVar[Mapping[str, Any]] = {}
 
+    def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
+        """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)
+        that a run with K = ``num_samples`` makes -- its cost, for comparisons at equal cost;
+        ``None`` where it is not known in advance. Default: one per particle."""
+        return float(num_samples)
+
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:  # pragma: no cover
         """The :class:`inference.Estimate` fields ``num_samples``, ``log_evidence``, ``stderr``,
         ``ess``, ``khat`` and, in local scope, the ``*_per_datapoint`` tensors and
@@ -113,4 +119,4 @@ def all_options() -> Dict[str, str]:
 
 
 # Importing the built-in estimators registers them, in this order.
-from inference.estimators import elbo, is_guide, is_prior, exact  # noqa: E402,F401
+from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc  # noqa: E402,F401

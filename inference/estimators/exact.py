@@ -1,7 +1,9 @@
 """``exact``: exact and near-exact references for ``log p(x)``.
 
 * **closed form** (global scope): the target's ``log_evidence(*data)``, e.g. the Gaussian
-  linear model's ``N(y | 0, s^2 X X^T + noise^2 I)``.
+  linear model's ``N(y | 0, s^2 X X^T + noise^2 I)``. A ``log_evidence`` that returns one value
+  per datapoint (shape ``[N]``, summing to ``log p(X)``) also serves local scope when no
+  global latent is held fixed, e.g. factor analysis's ``N(x_n | mu, W W^T + diag(psi))``.
 * **the likelihood** (local scope, no latents at all): ``log p(x_n)`` is the model's own
   density, e.g. an autoregressive model's.
 * **enumeration** (local scope, discrete local latents): every discrete site is enumerated
@@ -66,6 +68,9 @@ class Exact(Estimator):
     weighted = False
     options = {"quadrature_points": 64}
 
+    def evaluations(self, num_samples: int, **options: Any) -> None:
+        return None  # the reference, drawn as the zero line
+
     def run(self, problem: Problem, quadrature_points: int = 64, **options: Any) -> Dict[str, Any]:
         p = problem
         return exact_estimate(p.target, p.data, p.scope, p.max_plate_nesting, p.fixed,
@@ -80,7 +85,11 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
                 f"{tgt.name} has no closed-form evidence in global scope; exact references exist for "
                 "closed-form models, and in local scope by enumeration or quadrature"
             )
-        return dict(num_samples=0, log_evidence=float(value), stderr=0.0, ess=math.nan, khat=math.nan)
+        return dict(num_samples=0, log_evidence=float(torch.as_tensor(value).sum()), stderr=0.0,
+                    ess=math.nan, khat=math.nan)
+    per = _closed_form_per_datapoint(tgt, data) if not fixed else None
+    if per is not None:
+        return _local_fields(per, {})
     with torch.no_grad():
         tr = trace_on(poutine.condition(tgt.model, fixed) if fixed else tgt.model, tgt, data,
                       first(data))
@@ -103,6 +112,21 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
             f"no exact reference for {tgt.name} in local scope: enumeration needs every local latent "
             "discrete, quadrature one continuous local latent of dimension 1 or 2"
         )
+    return _local_fields(per, diag)
+
+
+def _closed_form_per_datapoint(tgt, data) -> Optional[torch.Tensor]:
+    """The target's ``log_evidence`` where it gives one value per datapoint, else ``None``."""
+    if tgt.log_evidence is None:
+        return None
+    value = tgt.log_evidence(*data)
+    n = num_datapoints(data)
+    if isinstance(value, torch.Tensor) and value.shape == (n,):
+        return value.detach().double()
+    return None
+
+
+def _local_fields(per: torch.Tensor, diag: Dict[str, Any]) -> Dict[str, Any]:
     zeros = torch.zeros_like(per)
     nan = torch.full_like(per, math.nan)
     return dict(num_samples=0, log_evidence=float(per.sum()), stderr=0.0, ess=math.nan,

@@ -128,7 +128,7 @@ def run_compare(plan: Plan, *, progress: bool = False,
         if torch.device(plan.device).type != "cpu":
             inference.load_fit(entry, folder, device="cpu")
         rows = table.df[table.df["model"] == name]
-        write_model_plots(name, entry, data, rows, folder)
+        write_model_plots(name, entry, data, rows, folder, job.estimate_options)
         write_summary(out, table.df)
     echo(f"wrote {out / RESULTS_FILE} ({len(table.df)} rows), {out / SUMMARY_FILE} and plots "
          f"under {out}/MODEL/")
@@ -195,9 +195,11 @@ def _nanmean(s: pd.Series) -> float:
 
 
 # ---------------------------------------------------------------------------- plots
-def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) -> List[Path]:
-    """estimates.png and diagnostics.png from ``rows``, then the model's own views."""
-    from inference.plots import plot_diagnostics, plot_estimates
+def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path,
+                      options: Optional[dict] = None) -> List[Path]:
+    """estimates.png, diagnostics.png and cost.png (error vs seconds and vs likelihood
+    evaluations, at the estimators' ``options``) from ``rows``, then the model's own views."""
+    from inference.plots import plot_cost, plot_diagnostics, plot_estimates
 
     paths = []
     if len(rows):
@@ -206,6 +208,9 @@ def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path) 
         if (rows["K"] > 0).any():
             fig = plot_diagnostics(rows, title=f"{name}: weight diagnostics")
             paths.append(save_figure(fig, folder / "diagnostics.png"))
+        fig = plot_cost(rows, options, title=f"{name}: error at equal cost")
+        if fig is not None:
+            paths.append(save_figure(fig, folder / "cost.png"))
     data = tuple(t.detach().cpu() for t in data)
     with torch.no_grad():
         for stem, fig in entry.views(*data).items():
