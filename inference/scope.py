@@ -18,9 +18,16 @@ import torch
 
 import pyro
 
-from inference.plates import trace_on
+from inference import plates
 from inference.replay import in_plate, sample_sites
-from inference.target import Target, num_datapoints, unwrapped
+from inference.target import SubsampleAt, Target, num_datapoints, subsampled, unwrapped
+
+
+def trace_on(fn, data, indices, plate) -> Any:
+    """A trace of ``fn(*data)`` with plate ``plate`` subsampled at ``indices`` (``None``: all).
+    Indexed data only; :func:`inference.plates.trace_on` also serves models that use their
+    data whole."""
+    return poutine.trace(subsampled(fn, SubsampleAt(plate, indices))).get_trace(*data)
 
 
 def first(data, n: int = 2) -> torch.Tensor:
@@ -32,7 +39,7 @@ def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
     """Names of the model's latent sites inside (local) and outside (global) the data plate,
     read off one prior trace on two datapoints."""
     with poutine.block(), torch.no_grad():
-        tr = trace_on(tgt.model, tgt, data, first(data) if tgt.data_plate else None)
+        tr = plates.trace_on(tgt.model, tgt, data, first(data) if tgt.data_plate else None)
     local, glob = [], []
     for name, site in sample_sites(tr, latent_only=True):
         (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
@@ -49,7 +56,7 @@ def point_estimate(tgt: Target, data, names: List[str]) -> Dict[str, torch.Tenso
             median = guide.median(*data, **dict(tgt.kwargs))
         return {name: median[name].detach() for name in names}
     with poutine.block(), torch.no_grad():
-        tr = trace_on(tgt.guide, tgt, data, first(data) if tgt.data_plate else None)
+        tr = plates.trace_on(tgt.guide, tgt, data, first(data) if tgt.data_plate else None)
         out = {}
         for name in names:
             if name not in tr.nodes:
@@ -90,6 +97,6 @@ def _joint_auxiliary(tgt: Target, data) -> bool:
     """Whether the guide draws local latents through one auxiliary site outside the data plate
     (AutoDiagonalNormal, AutoMultivariateNormal): then only a global estimate is defined."""
     with poutine.block(), torch.no_grad():
-        tr = trace_on(tgt.guide, tgt, data, None)
+        tr = plates.trace_on(tgt.guide, tgt, data, None)
     return any(site["infer"].get("is_auxiliary") and in_plate(site, tgt.data_plate) is None
                for _, site in sample_sites(tr, latent_only=True))

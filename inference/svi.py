@@ -30,6 +30,7 @@ import pyro
 import torch
 import pyro.poutine as poutine
 from pyro.infer import ELBO, SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
@@ -46,6 +47,7 @@ from inference.target import (
     resolve_device,
     set_param_state,
     subsampled,
+    unwrapped,
 )
 
 LOSSES = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO}
@@ -196,6 +198,12 @@ def fit(
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate over the datapoints (a pyro.plate of "
                          f"size {n}); the model has none")
+    if batch_size is not None and tgt.data_access == "whole" and _per_datapoint_autoguide(tgt, data):
+        raise ValueError(
+            "the model uses its data whole (obs=x, not indexed by the plate) and the autoguide "
+            "keeps parameters per datapoint, so a minibatch cannot pick its rows: index the data "
+            "with the plate, `with pyro.plate('data', len(x)) as idx: ... obs=x[idx]`"
+        )
     if loss is None:
         loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
     if clear:
@@ -259,6 +267,13 @@ def fit(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
     return FitResult(tgt, losses, param_state(tgt, data), seconds)
+
+
+def _per_datapoint_autoguide(tgt: Target, data) -> bool:
+    """An autoguide of a model with latents in the data plate."""
+    from inference.scope import latent_sites
+
+    return isinstance(unwrapped(tgt.guide), AutoGuide) and bool(latent_sites(tgt, data)[0])
 
 
 def _enumerates(tgt: Target, data) -> bool:

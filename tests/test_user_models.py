@@ -174,6 +174,12 @@ def amortized_guide(x):
         pyro.sample("z", dist.Normal(loc, scale))
 
 
+def test_unindexed_local_autoguide_minibatches_name_the_fix():
+    x = torch.linspace(-3, 3, 40)
+    with pytest.raises(ValueError, match=r"index the data with the plate.*obs=x\[idx\]"):
+        inference.fit((amortized_model, AutoNormal(amortized_model)), x, steps=5, batch_size=8)
+
+
 def test_amortized_unindexed_model_with_minibatches():
     x = torch.linspace(-3, 3, 40)
     tgt = inference.Target(amortized_model, amortized_guide, networks={"encoder": ENCODER})
