@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from inference import estimators
-from inference.estimate import Estimate, estimate
+from inference.estimate import MAX_SAMPLES, Estimate, estimate
 from inference.estimators import NotApplicable
 from inference.target import as_data, as_target, load_fitted
 
@@ -89,6 +89,8 @@ def compare(
     if not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
         raise ValueError(f"num_samples must be a non-empty list of integers >= 1, got {ks}")
     ks = [int(k) for k in ks]
+    if max(ks) > MAX_SAMPLES:
+        raise ValueError(f"num_samples (K) = {max(ks)} is above the maximum {MAX_SAMPLES:.0e}")
     tgt = as_target(target)
     data = as_data(tgt, data, device)
     load_fitted(target, device)

@@ -42,6 +42,10 @@ def methods() -> tuple:
     return estimators.names()
 
 
+#: the largest K: memory stays within the budget up to here (the PSIS tail keeps 3 sqrt(K)
+#: weights per datapoint: 95,000 at 1e9)
+MAX_SAMPLES = 10**9
+
 #: default chunk budget per device type: on CPU, chunks that stay near the caches are fastest
 #: (digits vae, K=1000: 64 MiB 1.39 s, 256 MiB 1.68 s, 1 GiB 1.84 s); a GPU wants large chunks.
 DEFAULT_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}
@@ -136,6 +140,10 @@ def estimate(
     est = estimators.get(method)
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
         raise ValueError(f"num_samples (K) must be an integer >= 1, got {num_samples!r}")
+    if num_samples > MAX_SAMPLES:
+        raise ValueError(f"num_samples (K) = {num_samples} is above the maximum {MAX_SAMPLES:.0e}: "
+                         "the k-hat's tail alone would hold 3 sqrt(K) weights per datapoint; "
+                         "use fewer samples, or seeds for repeats")
     num_samples = int(num_samples)
     if scope not in (None, "local", "global"):
         raise ValueError(f"scope must be 'local', 'global' or None, got {scope!r}")

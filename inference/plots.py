@@ -183,7 +183,7 @@ def plot_cost(df: pd.DataFrame, options: Optional[dict] = None, title: Optional[
     a1.set(xscale="log", yscale="log", xlabel="seconds", ylabel="|estimate - exact| (nats)",
            title="error vs wall-clock time")
     a2.set(xscale="log", xlabel="evaluations of log p(x, z) per datapoint",
-           title="error vs likelihood evaluations")
+           ylabel="|estimate - exact| (nats)", title="error vs likelihood evaluations")
     a1.legend(fontsize=8)
     if title:
         fig.suptitle(title)

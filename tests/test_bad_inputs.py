@@ -329,3 +329,16 @@ def test_bom_csv_and_binary_uint8_images_are_read_right(tmp_path):
     bits = np.random.default_rng(0).integers(0, 2, (5, 64)).astype(np.uint8)
     (x,) = zoo.get("vae").load_data(str(_images(tmp_path, bits)))
     assert torch.equal(x, torch.as_tensor(bits, dtype=torch.float32))
+
+
+def test_api_refuses_k_above_the_maximum_before_any_work():
+    import inference
+    from inference.estimate import MAX_SAMPLES
+
+    entry = zoo.get("map_l2")
+    data = entry.load_data()
+    for method in ("is-prior", "elbo"):
+        with pytest.raises(ValueError, match="above the maximum"):
+            inference.estimate(entry, data, method, MAX_SAMPLES + 1)
+        with pytest.raises(ValueError, match="above the maximum"):
+            inference.compare(entry, data, methods=[method], num_samples=[10**20])

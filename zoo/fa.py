@@ -250,9 +250,12 @@ class FactorAnalysis(ZooModel):
                 ax.set(xticks=[], yticks=[])
             else:
                 ax.bar(range(self.data_dim), W[:, j].cpu().numpy())
+                ax.set(xlabel="feature", ylabel="loading")
             ax.set_title(f"W[:, {j}]", fontsize=7)
         axes[0, m].plot(psi.cpu().numpy(), ".")
         axes[0, m].set_title("psi", fontsize=7)
+        axes[0, m].set_xlabel("feature", fontsize=6)
+        axes[0, m].set_ylabel("noise variance", fontsize=6)
         fig.suptitle("fa: loadings and noise variances")
         fig.tight_layout()
         return {"loadings": fig}

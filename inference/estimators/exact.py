@@ -85,7 +85,9 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
                 f"{tgt.name} has no closed-form evidence in global scope; exact references exist for "
                 "closed-form models, and in local scope by enumeration or quadrature"
             )
-        return dict(num_samples=0, log_evidence=float(torch.as_tensor(value).sum()), stderr=0.0,
+        value = (value.detach().double() if isinstance(value, torch.Tensor)
+                 else torch.as_tensor(value, dtype=torch.float64))  # a float stays a float64
+        return dict(num_samples=0, log_evidence=float(value.sum()), stderr=0.0,
                     ess=math.nan, khat=math.nan)
     per = _closed_form_per_datapoint(tgt, data) if not fixed else None
     if per is not None:
