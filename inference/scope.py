@@ -11,7 +11,7 @@ plate, global otherwise) and checks an explicit choice; every estimator receives
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
@@ -20,14 +20,7 @@ import pyro
 
 from inference import plates
 from inference.replay import in_plate, sample_sites
-from inference.target import SubsampleAt, Target, num_datapoints, subsampled, unwrapped
-
-
-def trace_on(fn, data, indices, plate) -> Any:
-    """A trace of ``fn(*data)`` with plate ``plate`` subsampled at ``indices`` (``None``: all).
-    Indexed data only; :func:`inference.plates.trace_on` also serves models that use their
-    data whole."""
-    return poutine.trace(subsampled(fn, SubsampleAt(plate, indices))).get_trace(*data)
+from inference.target import Target, num_datapoints, unwrapped
 
 
 def first(data, n: int = 2) -> torch.Tensor:
