@@ -67,7 +67,7 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
     names = check_models(models)
     check_device(device)
     out = prepare_out(out, marker=RUN_FILE, resume=resume)
-    run = _read_json(out / RUN_FILE)
+    run = summary.read_json(out / RUN_FILE)
     if run is not None and bool(run.get("quick")) != quick:
         flag = "with" if run.get("quick") else "without"
         raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
@@ -84,7 +84,7 @@ def run_compare(plan: Plan, *, progress: bool = False,
                 echo: Callable[[str], None] = print) -> pd.DataFrame:
     """Run a prepared compare job; returns the results table (all rows so far)."""
     out = plan.out
-    run = _read_json(out / RUN_FILE) or {"ppzoo": "compare", "models": [], "quick": plan.quick}
+    run = summary.read_json(out / RUN_FILE) or {"ppzoo": "compare", "models": [], "quick": plan.quick}
     run["models"] = list(dict.fromkeys(run["models"] + plan.models))
     run.update(device=plan.device, updated=_now())
     write_text(json.dumps(run, indent=2) + "\n", out / RUN_FILE)
@@ -98,7 +98,7 @@ def run_compare(plan: Plan, *, progress: bool = False,
             folder.mkdir(exist_ok=True)
             fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo)
         inference.load_fit(entry, folder, device=plan.device, data=data)
-        skipped = _read_json(folder / SKIPPED_FILE) or {}
+        skipped = summary.read_json(folder / SKIPPED_FILE) or {}
         seeds = list(range(job.seeds))
         methods = job_methods(job)
         ref = {m: estimators.get(m).reference for m in methods}
@@ -181,7 +181,7 @@ class _GroupEcho:
 # ---------------------------------------------------------------------------- summary
 def write_summary(out: Path, df: pd.DataFrame) -> Path:
     """``summary.md`` (:mod:`zoo.app.summary`) for the run in ``out``."""
-    return summary.write_summary(out, df, _read_json(out / RUN_FILE) or {})
+    return summary.write_summary(out, df, summary.read_json(out / RUN_FILE) or {})
 
 
 def _stderr(s: pd.Series) -> str:
@@ -219,12 +219,5 @@ def write_model_plots(name: str, entry, data, rows: pd.DataFrame, folder: Path,
 
 
 # ---------------------------------------------------------------------------- helpers
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

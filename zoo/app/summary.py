@@ -70,7 +70,7 @@ def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
 
 
 def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
-    config = _read_json(folder / "config.json") or {}
+    config = read_json(folder / "config.json") or {}
     fit = config.get("fit", {})
     cls = zoo.model_class(name) if name in zoo.names() else None
     lines = [f"## {name}", ""]
@@ -84,7 +84,7 @@ def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
                   f"{fit['batch_size'] or 'all'}, {config.get('subset') or 'all'} datapoints; "
                   f"final -ELBO per datapoint {fit['final_loss_per_datapoint']:.4g} "
                   f"({fit['seconds']:.1f} s).", ""]
-    for method, reason in (_read_json(folder / "skipped.json") or {}).items():
+    for method, reason in (read_json(folder / "skipped.json") or {}).items():
         lines += [f"Not run: {method} -- {reason}.", ""]
     if len(rows) == 0:
         return lines + ["(no estimates yet)", ""]
@@ -180,7 +180,8 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """A JSON file's content, or ``None`` where it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
