@@ -222,7 +222,20 @@ def as_data(target: Target, data: Any, device: Any = "cpu") -> Data:
     target.check_data(data)
     for net in target.networks.values():
         net.to(dev)
+    _params_to(dev)
     return tuple(t.to(dev) for t in data)
+
+
+def _params_to(dev: torch.device) -> None:
+    """Move Pyro's plain params to ``dev`` (fitted on one device, estimated on another); the
+    networks' own (``name$$$...``) moved in place with their module."""
+    state = pyro.get_param_store().get_state()
+    away = {k: v for k, v in state["params"].items() if "$$$" not in k and (
+        v.device.type != dev.type or (dev.index is not None and v.device.index != dev.index))}
+    if away:
+        pyro.get_param_store().set_state({
+            "params": {k: v.detach().to(dev).requires_grad_(v.requires_grad) for k, v in away.items()},
+            "constraints": {k: state["constraints"][k] for k in away}})
 
 
 def num_datapoints(data: Data) -> int:
