@@ -128,3 +128,30 @@ def test_gaussian_decoder_reconstruction_term_is_the_squared_error():
     l2 = np.sum((xn - x_mean) ** 2) / (2 * sigma0**2)
     assert float(recon) == pytest.approx(-(l2 + N * D / 2 * math.log(2 * math.pi * sigma0**2)),
                                          rel=EPS)
+
+
+def test_cli_fit_loss_and_kl_weight(tmp_path):
+    import json
+
+    import pandas as pd
+    from clitools import run_main
+
+    out = tmp_path / "beta"
+    argv = ["fit", "vae", "--subset", "40", "--steps", "5", "--loss", "meanfield",
+            "--kl-weight", "2", "--option", "hidden=(16,)", "--no-progress", "--out", out]
+    rc, _, stderr = run_main(argv)
+    assert rc == 0, stderr
+    assert list(pd.read_csv(out / "losses.csv").columns) == [
+        "step", "loss", "loss_per_datapoint", "recon", "kl", "objective"]
+    fit = json.loads((out / "config.json").read_text())["fit"]
+    assert (fit["loss"], fit["kl_weight"]) == ("meanfield", 2.0)
+    rc, _, stderr = run_main(argv[:9] + ["3"] + argv[10:] + ["--resume"])
+    assert rc == 2 and "--kl-weight was 2.0, now 3.0" in stderr
+    for bad, message in ((["gmm", "--option", "assignments=enumerate", "--kl-weight", "2"],
+                          "--kl-weight 2 needs --loss trace or meanfield; gmm trains with "
+                          "traceenum"),
+                         (["vae", "--loss", "renyi", "--kl-weight", "0"],
+                          "--loss must be one of trace, traceenum, meanfield, got 'renyi'; "
+                          "--kl-weight must be a finite number > 0")):
+        rc, stdout, stderr = run_main(["fit", *bad, "--out", tmp_path / "o"])
+        assert rc == 2 and message in stderr and stderr.count("\n") == 1 and stdout == ""
