@@ -29,12 +29,13 @@ import pandas as pd
 import pyro
 import torch
 import pyro.poutine as poutine
-from pyro.infer import ELBO, SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
 from inference import state as state_file
+from inference.elbo_terms import ELBOTerms, KLWeight, check_kl_weight
 from inference.io import PathLike, save_torch, write_with
 from inference.plates import ScaleToFull, on_datapoints, resolve
 from inference.target import (
@@ -50,7 +51,7 @@ from inference.target import (
     unwrapped,
 )
 
-LOSSES = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO}
+LOSSES = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO, "meanfield": TraceMeanField_ELBO}
 
 
 @dataclasses.dataclass
@@ -59,7 +60,10 @@ class FitResult:
 
     :ivar target: the :class:`~inference.target.Target` that was fitted.
     :ivar losses: one row per step: ``step``, ``loss`` (negative ELBO estimate for the full
-        data), ``loss_per_datapoint``.
+        data), ``loss_per_datapoint``, and for ``loss="trace"``/``"meanfield"`` the ELBO's two
+        terms ``recon`` (E_q[log p(x | z)]) and ``kl`` (E_q[log q(z) - log p(z)]), with
+        ``recon - kl = -loss`` (see :mod:`inference.elbo_terms`); with a ``kl_weight`` other than
+        1 also ``objective``, the minimised ``kl_weight * kl - recon``.
     :ivar state: fitted Pyro params and network weights (see :func:`save_fit`).
     :ivar seconds: wall time of the optimisation.
     """
@@ -147,6 +151,7 @@ def fit(
     num_particles: int = 1,
     vectorize_particles: bool = True,
     loss: Any = None,
+    kl_weight: float = 1.0,
     seed: int = 0,
     device: Any = "cpu",
     progress: Optional[bool] = None,
@@ -166,12 +171,18 @@ def fit(
     :param batch_size: minibatch size over the data plate; ``None`` uses all the data.
     :param num_particles: ELBO particles per step.
     :param vectorize_particles: evaluate particles in one vectorized pass.
-    :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"traceenum"``
+    :param loss: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+        (:class:`~pyro.infer.TraceMeanField_ELBO`: the KL term in closed form where one exists,
+        e.g. Gaussian guide and prior; needs a reparameterized mean-field guide), ``"traceenum"``
         (:class:`~pyro.infer.TraceEnum_ELBO`, for models that enumerate discrete sites), or an
         ELBO instance (``TraceMeanField_ELBO()``, ``Trace_ELBO(num_particles=4)``: its own
         settings win over ``num_particles``); default: the target's ``loss`` (a zoo entry's
         own), ``"traceenum"`` for a model with sites marked for enumeration
         (``@config_enumerate``), else ``"trace"``.
+    :param kl_weight: beta, the weight of the KL term while training: maximise
+        ``recon - beta * kl`` (beta-VAE, Higgins et al. 2017; ``1``: the ELBO). Latent sites of
+        model and guide are scaled inside the fit only (:class:`~inference.elbo_terms.KLWeight`):
+        the fitted target, and so every evidence estimate of it, is the model itself.
     :param seed: seeds Pyro/PyTorch and the minibatch order.
     :param device: ``"cpu"`` or ``"cuda"``; data, networks and params move there.
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -206,6 +217,7 @@ def fit(
         )
     if loss is None:
         loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
+    check_kl_weight(kl_weight, loss if isinstance(loss, ELBO) else LOSSES[loss]())
     if clear:
         pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -215,6 +227,8 @@ def fit(
     model, guide = subsampled(tgt.model, handler), subsampled(tgt.guide, handler)
     if tgt.data_access == "whole":  # minibatches are passed sliced, and scaled to N here
         model, guide = ScaleToFull(tgt.data_plate, n)(model), ScaleToFull(tgt.data_plate, n)(guide)
+    if kl_weight != 1:
+        model, guide = KLWeight(kl_weight)(model), KLWeight(kl_weight)(guide)
     if isinstance(loss, ELBO):
         elbo = loss
         if elbo.max_plate_nesting == float("inf"):
@@ -225,6 +239,8 @@ def fit(
             vectorize_particles=vectorize_particles,
             max_plate_nesting=tgt.plate_nesting(data),
         )
+    terms = ELBOTerms(elbo, n, kl_weight)
+    elbo = terms.elbo
     if optim is None:
         svi = optim = FusedAdam(model, guide, elbo, lr)
     else:
@@ -235,9 +251,10 @@ def fit(
     run = None if checkpoint is None else state_file.run_meta(
         tgt, data, None if svi is optim else optim, steps=steps, seed=seed, lr=lr, loss=loss,
         batch_size=batch_size, num_particles=num_particles,
-        vectorize_particles=vectorize_particles)
+        vectorize_particles=vectorize_particles,
+        **({} if kl_weight == 1 else {"kl_weight": kl_weight}))
     if checkpoint is not None and Path(checkpoint).exists():
-        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run)
+        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns)
     batches = _batches(n, batch_size, generator, dev)
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -249,19 +266,19 @@ def fit(
         handler.indices = chosen.indices
         # The first step runs Pyro's argument and model/guide checks; the structure is static,
         # so later steps skip them (they cost about a third of a small model's step).
-        with pyro.validation_enabled(is_validation_enabled() and not validated):
+        with pyro.validation_enabled(is_validation_enabled() and not validated), terms.step():
             value = svi.step(*batch)
         validated = True
-        rows.append((step, value, value / n))
+        rows.append(terms.row(step, value))
         if step % 50 == 0:
-            bar.set_postfix(loss_per_datapoint=f"{value / n:.4g}")
+            bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run)
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run)
-    losses = pd.DataFrame(rows, columns=["step", "loss", "loss_per_datapoint"])
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns)
+    losses = pd.DataFrame(rows, columns=list(terms.columns))
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
@@ -284,24 +301,24 @@ def _enumerates(tgt: Target, data) -> bool:
                for site in tr.nodes.values())
 
 
-def _resume(path, tgt, data, optim, generator, dev, run):
+def _resume(path, tgt, data, optim, generator, dev, run, columns):
     """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
-    into the param store, the networks, the optimiser and the RNGs; returns the loss rows and
-    the step to continue from."""
+    into the param store, the networks, the optimiser and the RNGs; returns the loss rows
+    (a column the checkpoint predates is NaN) and the step to continue from."""
     saved = state_file.restore(path, tgt, data, dev, run)
     optim.set_state(saved["optim"])
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["rng"])
     r = saved["rows"]
-    rows = list(zip(r["step"].tolist(), r["loss"].tolist(), r["loss_per_datapoint"].tolist()))
+    nan = [math.nan] * len(r["step"])
+    rows = list(zip(*(r[c].tolist() if c in r else nan for c in columns)))
     return rows, int(saved["step"])
 
 
-def _checkpoint(path, tgt, optim, rows, step, generator, run=None) -> None:
-    cols = list(zip(*rows)) or [(), (), ()]
-    table = {"step": torch.tensor(cols[0], dtype=torch.int64),
-             "loss": torch.tensor(cols[1], dtype=torch.float64),
-             "loss_per_datapoint": torch.tensor(cols[2], dtype=torch.float64)}
+def _checkpoint(path, tgt, optim, rows, step, generator, run, columns) -> None:
+    cols = list(zip(*rows)) or [()] * len(columns)
+    table = {c: torch.tensor(col, dtype=torch.int64 if c == "step" else torch.float64)
+             for c, col in zip(columns, cols)}
     saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
                             "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
                             generator=generator.get_state(), rng=torch.get_rng_state())

@@ -39,7 +39,7 @@ def test_minibatch_elbo_is_unbiased_for_full_data_elbo():
 def test_fit_lowers_loss_and_records_history():
     x = local_data(200)
     res = inference.fit(LOCAL, x, steps=300, lr=0.05, batch_size=50, progress=False)
-    assert list(res.losses.columns) == ["step", "loss", "loss_per_datapoint"]
+    assert list(res.losses.columns) == ["step", "loss", "loss_per_datapoint", "recon", "kl"]
     assert len(res.losses) == 300
     first, last = res.losses["loss"][:30].mean(), res.losses["loss"][-30:].mean()
     assert last < first - 50

@@ -50,6 +50,8 @@ class Job:
     :ivar options: keyword arguments of ``zoo.get(model, ...)``.
     :ivar steps, lr, batch_size, num_particles: SVI settings; the optimiser is ClippedAdam with
         the learning rate decaying geometrically to ``lr * lr_decay`` at the last step.
+    :ivar loss, kl_weight: the ELBO (``None``: the model's own) and the KL weight beta, as in
+        :func:`inference.fit`.
     :ivar subset: use the first ``subset`` datapoints of the default data (``None``: all).
     :ivar scope: evidence scope, ``"global"`` (log p(X)) or ``"local"`` (sum of log p(x_n)).
     :ivar methods: the estimators to run (``None``: every registered one); ``num_samples``,
@@ -65,6 +67,8 @@ class Job:
     lr_decay: float = 0.1
     batch_size: Optional[int] = None
     num_particles: int = 1
+    loss: Optional[str] = None
+    kl_weight: float = 1.0
     subset: Optional[int] = None
     scope: Optional[str] = None
     methods: Optional[Tuple[str, ...]] = None

@@ -99,10 +99,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         lr=base.lr if args.lr is None else args.lr,
         lr_decay=base.lr_decay if args.lr_decay is None else args.lr_decay,
         batch_size=base.batch_size if args.batch_size is None else args.batch_size,
+        loss=base.loss if args.loss is None else args.loss,
+        kl_weight=base.kl_weight if args.kl_weight is None else args.kl_weight,
         subset=args.subset, scope=None, estimate_options={},
     )
     jobs.check_fit_settings(job, args.seed)
     entry = jobs.make_entry(args.model, job.options)
+    jobs.check_loss(job, entry)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
     out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
@@ -295,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, help="initial learning rate (default: per model)")
     f.add_argument("--lr-decay", type=float, metavar="F",
                    help="learning rate at the last step as a fraction of --lr (default 0.1)")
+    f.add_argument("--loss", metavar="L",
+                   help="the ELBO: trace (sampled), meanfield (KL term in closed form where "
+                        "one exists) or traceenum (default: per model)")
+    f.add_argument("--kl-weight", type=float, metavar="BETA",
+                   help="weight of the KL term while training (beta-VAE; default 1, the ELBO); "
+                        "evidence estimates are of the model itself")
     f.add_argument("--seed", type=int, default=0,
                    help="seeds the initialisation, the particles and the minibatch order "
                         "(default 0)")

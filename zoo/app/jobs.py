@@ -137,8 +137,22 @@ def check_fit_settings(job: Job, seed: Any) -> None:
         problems.append(f"--seed must be an integer in [0, 2**32), got {seed!r}")
     if job.subset is not None and not (_number(job.subset, True) and job.subset >= 1):
         problems.append(f"--subset must be an integer >= 1, got {job.subset!r}")
+    if job.loss is not None and job.loss not in inference.svi.LOSSES:
+        problems.append(f"--loss must be one of {', '.join(inference.svi.LOSSES)}, got {job.loss!r}")
+    if not (_number(job.kl_weight, False) and job.kl_weight > 0):
+        problems.append(f"--kl-weight must be a finite number > 0 (beta; 1 is the ELBO), got "
+                        f"{job.kl_weight!r}")
     if problems:
         raise UsageError("; ".join(problems))
+
+
+def check_loss(job: Job, entry) -> None:
+    """A KL weight needs an ELBO with a site-wise KL term (not the model's enumerated one)."""
+    loss = job.loss or entry.loss
+    if job.kl_weight != 1 and loss not in ("trace", "meanfield"):
+        raise UsageError(f"--kl-weight {job.kl_weight:g} needs --loss trace or meanfield; "
+                         f"{entry.name} trains with {loss} (discrete latents summed out, no "
+                         "site-wise KL term): drop --kl-weight or pass --loss trace")
 
 
 def check_estimate_settings(ks: Sequence[Any], seeds: Any) -> None:
@@ -205,7 +219,7 @@ def fit_config(entry, job: Job, *, data_path: Optional[str], seed: int, device: 
         "scope": job.scope, "estimate_options": job.estimate_options,
         "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
                 "batch_size": job.batch_size, "num_particles": job.num_particles, "seed": seed,
-                "device": device},
+                "device": device, "loss": job.loss, "kl_weight": job.kl_weight},
     }
 
 
@@ -213,8 +227,9 @@ def check_resumable(previous: Dict[str, Any], config: Dict[str, Any], folder: Pa
     """A fit continues only with the settings it started with (the device may change)."""
     def flat(c):
         c = json.loads(json.dumps(c))  # as config.json holds it: tuples become lists
-        fit = {f"--{k.replace('_', '-')}": v for k, v in c.get("fit", {}).items()
-               if k in ("steps", "lr", "lr_decay", "batch_size", "seed")}
+        c_fit = {"loss": None, "kl_weight": 1.0, **c.get("fit", {})}  # older configs: defaults
+        fit = {f"--{k.replace('_', '-')}": v for k, v in c_fit.items()
+               if k in ("steps", "lr", "lr_decay", "batch_size", "seed", "loss", "kl_weight")}
         return {"MODEL": c.get("model"), "--option": c.get("options"), "--data": c.get("data"),
                 "--subset": c.get("subset"), **fit}
 
@@ -265,7 +280,8 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
     write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
     optim = pyro.optim.ClippedAdam({"lr": job.lr, "lrd": job.lr_decay ** (1 / max(job.steps, 1))})
     result = inference.fit(entry, data, steps=job.steps, optim=optim, batch_size=job.batch_size,
-                           num_particles=job.num_particles, seed=seed, device=device, progress=progress,
+                           num_particles=job.num_particles, loss=job.loss, kl_weight=job.kl_weight,
+                           seed=seed, device=device, progress=progress,
                            checkpoint=folder / CHECKPOINT_FILE,
                            checkpoint_every=max(50, job.steps // 10))
     result.save(folder)
