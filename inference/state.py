@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pyro
 import torch
@@ -219,6 +219,18 @@ def expected_params(target: Any, data: Any) -> Dict[str, Any]:
         store.clear()
         store.set_state(kept)
         set_rng_state(rng)
+
+
+def per_datapoint_params(target: Any, data: Any) -> List[str]:
+    """Names of the Pyro params whose shape follows the number of datapoints (a guide's
+    ``z_loc [N, L]``): those the guide and model create on one datapoint and on two differ."""
+    from inference.scope import first
+    from inference.target import num_datapoints
+
+    if num_datapoints(data) < 2:
+        return []
+    one, two = (expected_params(target, tuple(t[first(data, k)] for t in data)) for k in (1, 2))
+    return sorted(k for k in two if one.get(k) != two[k])
 
 
 def check_params(saved: Dict[str, Any], target: Any, data: Any, path: Any) -> None:
