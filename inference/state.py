@@ -223,14 +223,16 @@ def expected_params(target: Any, data: Any) -> Dict[str, Any]:
 
 def per_datapoint_params(target: Any, data: Any) -> List[str]:
     """Names of the Pyro params whose shape follows the number of datapoints (a guide's
-    ``z_loc [N, L]``): those the guide and model create on one datapoint and on two differ."""
-    from inference.scope import first
+    ``z_loc [N, L]``): those the guide and model create on two datapoints and on three differ
+    (rows repeat where ``data`` has fewer; two, since one row has no spread to start from)."""
     from inference.target import num_datapoints
 
-    if num_datapoints(data) < 2:
+    n = num_datapoints(data)
+    if n < 1:
         return []
-    one, two = (expected_params(target, tuple(t[first(data, k)] for t in data)) for k in (1, 2))
-    return sorted(k for k in two if one.get(k) != two[k])
+    two, three = (expected_params(target, tuple(t[torch.arange(k) % n] for t in data))
+                  for k in (2, 3))
+    return sorted(k for k in three if two.get(k) != three[k])
 
 
 def check_params(saved: Dict[str, Any], target: Any, data: Any, path: Any) -> None:
