@@ -52,7 +52,7 @@ def expected_cells(name, skipped=()):
 
 def cells_of(df, name=None, split="train"):
     part = df if name is None else df[df["model"] == name]
-    part = part[part["split"] == split]
+    part = part[part["split"] == split] if "split" in part else part  # estimates.csv: none
     return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
 
 

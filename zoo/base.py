@@ -58,8 +58,10 @@ class Job:
     :ivar test_fraction: share of the datapoints (after ``subset``) held out of the fit, drawn
         by a permutation seeded with ``split_seed``; the job fits and runs ``methods`` on the
         rest, and ``test_methods`` at the largest K on both, so the summary shows the gap.
-        Global-scope models set 0: their log p(X) is the evidence of the whole data set, and
-        its held-out analogue, the predictive log p(X_test | X_train), is another quantity.
+        Global-scope jobs hold nothing out whatever it says (gmm and map_l2 set 0 to say so):
+        their log p(X) is the evidence of the whole data set, and its held-out analogue, the
+        predictive log p(X_test | X_train), is another quantity. Nor does a model whose guide
+        keeps per-datapoint parameters and that defines no :meth:`ZooModel.for_new_data`.
     :ivar why: one line for the summary: why this guide and scope.
     :ivar quick: overrides of the fields above for ``--quick``.
     """

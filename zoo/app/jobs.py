@@ -123,11 +123,13 @@ def split_data(data, test_fraction: float, seed: int = 0):
     return tuple(t[~held] for t in data), tuple(t[held] for t in data)
 
 
-def split_record(job: Job, train, test) -> Optional[Dict[str, Any]]:
-    """What ``config.json`` records of a compare job's split (``None`` without one): enough to
-    repeat it, and the test rows' fingerprint (the ladder compares models on the same rows)."""
+def split_record(job: Job, train, test, reason: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """What ``config.json`` records of a compare job's split: enough to repeat it, and the test
+    rows' fingerprint (the ladder compares models on the same rows); without one, ``None``, or
+    the ``reason`` the job's ``test_fraction`` was not applied."""
     if test is None:
-        return None
+        return None if reason is None else {"test_fraction": 0.0, "seed": job.split_seed,
+                                            "reason": reason}
     return {"test_fraction": job.test_fraction, "seed": job.split_seed, "n_train": len(train[0]),
             "n_test": len(test[0]), "test_sha256": data_hash(test)}
 
@@ -147,20 +149,29 @@ def fitted_rows(data, config: Dict[str, Any]):
     return split_data(data, split["test_fraction"], split["seed"])[0]
 
 
-def evaluation_entry(entry, data):
-    """The entry that evaluates the fitted ``entry`` (loaded in the param store) on ``data`` it
-    was not fitted to (:meth:`zoo.ZooModel.for_new_data`); a guide with per-datapoint
-    parameters and no such method is refused: its parameters belong to the training rows."""
+def new_data_problem(entry, data) -> Optional[str]:
+    """Why the fitted ``entry`` cannot evaluate data it was not fitted to (``None`` if it can):
+    its guide keeps parameters per datapoint, and its class defines no
+    :meth:`~zoo.ZooModel.for_new_data` to fit new ones."""
     from inference.state import per_datapoint_params
 
-    new = entry.for_new_data(*data)
-    if new is entry:
-        local = per_datapoint_params(inference.as_target(entry), data)
-        if local:
-            raise UsageError(f"{entry.name}'s guide keeps parameters per datapoint "
-                             f"({', '.join(local)}), fitted to its training rows; it cannot "
-                             "evaluate other data (its class defines no for_new_data)")
-    return new
+    if type(entry).for_new_data is not zoo.ZooModel.for_new_data:
+        return None
+    local = per_datapoint_params(inference.as_target(entry), data)
+    if not local:
+        return None
+    return (f"{entry.name}'s guide keeps parameters per datapoint ({', '.join(local)}), fitted "
+            "to its training rows, and its class defines no for_new_data to fit new ones")
+
+
+def evaluation_entry(entry, data):
+    """The entry that evaluates the fitted ``entry`` (loaded in the param store) on ``data`` it
+    was not fitted to (:meth:`zoo.ZooModel.for_new_data`); refused where it cannot
+    (:func:`new_data_problem`)."""
+    problem = new_data_problem(entry, data)
+    if problem:
+        raise UsageError(f"{problem}: it cannot evaluate other data")
+    return entry.for_new_data(*data)
 
 
 #: the largest -K (particles) accepted: memory stays within the chunk budget for any K, but

@@ -43,7 +43,7 @@ from zoo.app import summary
 from zoo.app.jobs import (
     RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
     check_device, check_models, check_saved, fit_entry, fit_finished, job_for, job_methods,
-    evaluation_entry, load_data, make_entry, prepare_out, save_figure, split_data, split_record,
+    evaluation_entry, load_data, make_entry, new_data_problem, prepare_out, save_figure, split_data, split_record,
 )
 
 # ---------------------------------------------------------------------------- compare job
@@ -60,6 +60,8 @@ class Plan:
     entries: Dict[str, Any]
     data: Dict[str, Tuple[torch.Tensor, ...]]
     test: Dict[str, Optional[Tuple[torch.Tensor, ...]]] = dataclasses.field(default_factory=dict)
+    #: why a model with a ``test_fraction`` holds nothing out (see :func:`new_data_problem`)
+    unheld: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
     table: Optional["Results"] = None
 
 
@@ -76,13 +78,17 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
         raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
     jobs = {n: job_for(n, quick) for n in names}
     entries = {n: make_entry(n, jobs[n].options) for n in names}
-    parts = {n: split_data(load_data(entries[n], None, jobs[n].subset, device),
-                           jobs[n].test_fraction, jobs[n].split_seed) for n in names}
-    data, test = {n: parts[n][0] for n in names}, {n: parts[n][1] for n in names}
+    data, test, unheld = {}, {}, {}
+    for n in names:  # held out only where the fitted model can evaluate new rows
+        data[n] = load_data(entries[n], None, jobs[n].subset, device)
+        holds = jobs[n].test_fraction and jobs[n].scope != "global"
+        unheld[n] = new_data_problem(entries[n], data[n]) if holds else None
+        fraction = jobs[n].test_fraction if holds and not unheld[n] else 0.0
+        data[n], test[n] = split_data(data[n], fraction, jobs[n].split_seed)
     for n in names:  # foreign or unreadable state is refused here, before any work
         check_saved(entries[n], out / n, data[n])
     table = Results(out / RESULTS_FILE)  # so is an unreadable results.csv
-    return Plan(out, names, quick, device, resume, jobs, entries, data, test, table)
+    return Plan(out, names, quick, device, resume, jobs, entries, data, test, unheld, table)
 
 
 def run_compare(plan: Plan, *, progress: bool = False,
@@ -101,8 +107,10 @@ def run_compare(plan: Plan, *, progress: bool = False,
             echo(f"{name}: fitted state found in {folder}, not refitting")
         else:
             folder.mkdir(exist_ok=True)
+            if plan.unheld.get(name):
+                echo(f"{name}: nothing held out: {plan.unheld[name]}")
             fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo,
-                      split=split_record(job, data, plan.test.get(name)))
+                      split=split_record(job, data, plan.test.get(name), plan.unheld.get(name)))
         inference.load_fit(entry, folder, device=plan.device, data=data)
         skipped = summary.read_json(folder / SKIPPED_FILE) or {}
         seeds = list(range(job.seeds))

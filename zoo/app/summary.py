@@ -101,7 +101,7 @@ def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
     if cls is not None:
         computed += cls.report_notes(rows, config.get("options", {}))
     lines += [f"- {n}" for n in notes + computed] + ([""] if notes or computed else [])
-    lines += heldout_lines(config.get("split"), rows, held)
+    lines += heldout_lines(config.get("split"), rows, held, config.get("scope"))
     first = {"loss.png": 0, "estimates.png": 1, "diagnostics.png": 2}
     pngs = sorted((p.name for p in folder.glob("*.png")), key=lambda n: (first.get(n, 3), n))
     return lines + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
@@ -148,12 +148,15 @@ def estimate_table(rows: pd.DataFrame):
 
 
 def heldout_lines(split: Optional[Dict[str, Any]], train: pd.DataFrame,
-                  test: pd.DataFrame) -> List[str]:
+                  test: pd.DataFrame, scope: Optional[str] = None) -> List[str]:
     """The held-out paragraph: how the data were split, and log p(x) per datapoint on the
     fitted and the held-out rows for each method run on both (mean over seeds)."""
-    if not split:
+    if not split and scope == "global":
         return ["Held out: nothing (global scope: log p(X) is the evidence of the whole data "
                 "set; its held-out analogue, log p(X_test | X_train), is another quantity).", ""]
+    if not split or not split.get("n_test"):
+        why = f" -- {split['reason']}" if split and split.get("reason") else ""
+        return [f"Held out: nothing{why}.", ""]
     lines = [f"Held out: {split['n_test']} of {split['n_train'] + split['n_test']} datapoints "
              f"(test_fraction {split['test_fraction']}, permutation seed {split['seed']}), not "
              "used in fitting.", ""]
