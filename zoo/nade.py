@@ -182,29 +182,26 @@ class AutoregressiveImages(ZooModel):
 
 
 # ------------------------------------------------- the ladder's two lower rungs, as zoo entries
-@register
-class FVSBN(AutoregressiveImages):
-    """``zoo.get("nade", kind="fvsbn")`` as its own entry: the compare job fits it beside NADE."""
-
-    name = "fvsbn"
-    summary = "fully-visible sigmoid belief net: a logistic autoregression on binary pixels"
-    job = Job(steps=2000, lr=0.01, batch_size=128, scope="local", methods=("exact",),
-              why="logistic autoregression, D (D + 1) / 2 weights: the ladder's middle rung",
-              quick=dict(QUICK, steps=300, subset=300))
+def _entry_of_kind(cls_name: str, kind: str, summary: str, job: Job) -> type:
+    """``zoo.get("nade", kind=kind)`` as a zoo entry of its own, named ``kind``: the compare
+    job fits it beside NADE (its options: ``data_dim``, ``seed``)."""
 
     def __init__(self, data_dim: int = 64, seed: int = 0):
-        super().__init__("fvsbn", 1, data_dim, seed)
+        AutoregressiveImages.__init__(self, kind, 1, data_dim, seed)
+
+    return register(type(cls_name, (AutoregressiveImages,), {
+        "__init__": __init__,
+        "__doc__": f'``zoo.get("nade", kind="{kind}")`` as a zoo entry of its own.',
+        "name": kind, "summary": summary, "job": job, "__module__": __name__}))
 
 
-@register
-class IndependentPixels(AutoregressiveImages):
-    """``zoo.get("nade", kind="independent")`` as its own entry: the ladder's base."""
-
-    name = "independent"
-    summary = "independent Bernoulli pixels, D parameters: the baseline every image model must beat"
-    job = Job(steps=1000, lr=0.05, batch_size=128, scope="local", methods=("exact",),
-              why="independent pixels: the ladder's lowest rung",
-              quick=dict(QUICK, steps=300, subset=300))
-
-    def __init__(self, data_dim: int = 64, seed: int = 0):
-        super().__init__("independent", 1, data_dim, seed)
+FVSBN = _entry_of_kind(
+    "FVSBN", "fvsbn", "fully-visible sigmoid belief net: a logistic autoregression on binary pixels",
+    Job(steps=2000, lr=0.01, batch_size=128, scope="local", methods=("exact",),
+        why="logistic autoregression, D (D + 1) / 2 weights: the ladder's middle rung",
+        quick=dict(QUICK, steps=300, subset=300)))
+IndependentPixels = _entry_of_kind(
+    "IndependentPixels", "independent",
+    "independent Bernoulli pixels, D parameters: the baseline every image model must beat",
+    Job(steps=1000, lr=0.05, batch_size=128, scope="local", methods=("exact",),
+        why="independent pixels: the ladder's lowest rung", quick=dict(QUICK, steps=300, subset=300)))
