@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pyro
 import torch
@@ -219,6 +219,20 @@ def expected_params(target: Any, data: Any) -> Dict[str, Any]:
         store.clear()
         store.set_state(kept)
         set_rng_state(rng)
+
+
+def per_datapoint_params(target: Any, data: Any) -> List[str]:
+    """Names of the Pyro params whose shape follows the number of datapoints (a guide's
+    ``z_loc [N, L]``): those the guide and model create on two datapoints and on three differ
+    (rows repeat where ``data`` has fewer; two, since one row has no spread to start from)."""
+    from inference.target import num_datapoints
+
+    n = num_datapoints(data)
+    if n < 1:
+        return []
+    two, three = (expected_params(target, tuple(t[torch.arange(k) % n] for t in data))
+                  for k in (2, 3))
+    return sorted(k for k in three if two.get(k) != three[k])
 
 
 def check_params(saved: Dict[str, Any], target: Any, data: Any, path: Any) -> None:

@@ -66,12 +66,15 @@ class FitResult:
         1 also ``objective``, the minimised ``kl_weight * kl - recon``.
     :ivar state: fitted Pyro params and network weights (see :func:`save_fit`).
     :ivar seconds: wall time of the optimisation.
+    :ivar heldout: with ``fit(heldout=...)``: one row per evaluation, ``step`` (steps done),
+        ``heldout_loss`` (negative ELBO of the held-out data) and its ``_per_datapoint``.
     """
 
     target: Target
     losses: pd.DataFrame
     state: Dict[str, Any]
     seconds: float
+    heldout: Optional[pd.DataFrame] = None
 
     def save(self, folder: PathLike) -> Path:
         return save_fit(self, folder)
@@ -158,6 +161,8 @@ def fit(
     clear: bool = True,
     checkpoint: Optional[PathLike] = None,
     checkpoint_every: int = 500,
+    heldout: Any = None,
+    heldout_every: int = 100,
     kwargs: Optional[Dict[str, Any]] = None,
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
@@ -190,6 +195,12 @@ def fit(
     :param checkpoint: file to write the state to every ``checkpoint_every`` steps, atomically;
         if it exists, the fit resumes from it.
     :param checkpoint_every: steps between checkpoints.
+    :param heldout: data not fitted (same form as ``data``) whose ELBO is tracked: every
+        ``heldout_every`` steps and after the last, the full held-out loss, one estimate with the
+        fit's ELBO, no gradient, under its own seed (``seed`` and the step) in a forked RNG, so
+        the training stream, hence the fitted parameters, are bitwise those of a fit without it.
+        Refused for a guide with per-datapoint parameters (they belong to the training rows).
+    :param heldout_every: steps between held-out evaluations.
     :param kwargs: keyword arguments for every call of model and guide.
     """
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
@@ -215,6 +226,8 @@ def fit(
             "keeps parameters per datapoint, so a minibatch cannot pick its rows: index the data "
             "with the plate, `with pyro.plate('data', len(x)) as idx: ... obs=x[idx]`"
         )
+    if heldout is not None:
+        heldout = _check_heldout(tgt, data, heldout, heldout_every, dev)
     if loss is None:
         loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
     check_kl_weight(kl_weight, loss if isinstance(loss, ELBO) else LOSSES[loss]())
@@ -253,8 +266,10 @@ def fit(
         batch_size=batch_size, num_particles=num_particles,
         vectorize_particles=vectorize_particles,
         **({} if kl_weight == 1 else {"kl_weight": kl_weight}))
+    held: list = []
     if checkpoint is not None and Path(checkpoint).exists():
         rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns)
+        held = [tuple(r) for r in state_file.read(checkpoint, "checkpoint").get("heldout", [])]
     batches = _batches(n, batch_size, generator, dev)
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -272,18 +287,50 @@ def fit(
         rows.append(terms.row(step, value))
         if step % 50 == 0:
             bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
+        if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
+            held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns)
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns, held)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns, held)
     losses = pd.DataFrame(rows, columns=list(terms.columns))
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
-    return FitResult(tgt, losses, param_state(tgt, data), seconds)
+    result = FitResult(tgt, losses, param_state(tgt, data), seconds)
+    if heldout is not None:
+        result.heldout = pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
+    return result
+
+
+HELDOUT_COLUMNS = ("step", "heldout_loss", "heldout_loss_per_datapoint")
+
+
+def _check_heldout(tgt, data, heldout, every, dev):
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"heldout_every must be an integer >= 1, got {every!r}")
+    heldout = as_data(tgt, heldout, dev)
+    if len(heldout) != len(data) or any(h.shape[1:] != d.shape[1:] for h, d in zip(heldout, data)):
+        raise ValueError("heldout must have the training data's form (the same tensors, shapes "
+                         f"past the first dimension), got {[tuple(h.shape) for h in heldout]}")
+    local = state_file.per_datapoint_params(tgt, data)
+    if local:
+        raise ValueError(f"the guide keeps parameters per datapoint ({', '.join(local)}), fitted "
+                         "to the training rows only: it has no ELBO on held-out data; track it "
+                         "with an amortized guide, or fit guides to the held-out data afterwards")
+    return heldout
+
+
+def _heldout_loss(tgt, elbo, heldout, seed: int, step: int):
+    """One full held-out loss estimate, no gradient, under its own seed in a forked RNG."""
+    devices = [d.device for d in heldout if d.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        torch.manual_seed((seed * 1_000_003 + step) % 2**63)
+        value = elbo.loss(tgt.model, tgt.guide, *heldout)
+    return step, value, value / num_datapoints(heldout)
 
 
 def _per_datapoint_autoguide(tgt: Target, data) -> bool:
@@ -315,18 +362,20 @@ def _resume(path, tgt, data, optim, generator, dev, run, columns):
     return rows, int(saved["step"])
 
 
-def _checkpoint(path, tgt, optim, rows, step, generator, run, columns) -> None:
+def _checkpoint(path, tgt, optim, rows, step, generator, run, columns, held=()) -> None:
     cols = list(zip(*rows)) or [()] * len(columns)
     table = {c: torch.tensor(col, dtype=torch.int64 if c == "step" else torch.float64)
              for c, col in zip(columns, cols)}
     saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
                             "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
-                            generator=generator.get_state(), rng=torch.get_rng_state())
+                            generator=generator.get_state(), rng=torch.get_rng_state(),
+                            **({"heldout": [list(r) for r in held]} if held else {}))
     save_torch(saved, path)
 
 
 STATE_FILE = "state.pt"
 LOSS_FILE = "losses.csv"
+HELDOUT_FILE = "heldout.csv"
 
 
 def save_fit(result: FitResult, folder: PathLike) -> Path:
@@ -336,6 +385,8 @@ def save_fit(result: FitResult, folder: PathLike) -> Path:
     meta = {"target": state_file.identity(result.target), "data": result.state.get("data")}
     save_torch(state_file.pack(result.state, meta, "fit"), folder / STATE_FILE)
     write_with(folder / LOSS_FILE, lambda tmp: result.losses.to_csv(tmp, index=False))
+    if result.heldout is not None:
+        write_with(folder / HELDOUT_FILE, lambda tmp: result.heldout.to_csv(tmp, index=False))
     return folder
 
 

@@ -151,6 +151,9 @@ def test_a_model_in_one_file_runs_in_ppzoo(throwaway, tmp_path):
     assert len(df) == 1 + 2 * 2 * 2  # exact once; two methods x two K x two seeds
     assert (out / "throwaway" / "data.png").is_file() and (out / "throwaway" / "state.pt").is_file()
     assert "## throwaway" in (out / "summary.md").read_text()
+    # its free per-datapoint guide cannot score new rows: fitted on all, nothing held out, said so
+    assert "Held out: nothing -- throwaway's guide keeps parameters per datapoint (m, s)" in \
+        (out / "summary.md").read_text()
     # the exact row is the conjugate evidence: x_n ~ N(0, 1.25)
     (x,) = throwaway.load_data()
     truth = float(dist.Normal(0.0, 1.25**0.5).log_prob(x.double()).sum())

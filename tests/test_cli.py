@@ -17,16 +17,17 @@ import torch
 
 import inference
 import zoo
-from zoo.app import jobs
+from zoo.app import jobs, report
 from inference.compare import COLUMNS
 from zoo.app.cli import main
 
 # the module (the package attribute inference.compare is the function, which tests patch)
 compare_module = importlib.import_module("inference.compare")
 
-RESULT_COLUMNS = ["model", *COLUMNS, "finished"]
+RESULT_COLUMNS = ["model", "split", *COLUMNS, "finished"]
 DEEP = {"latent", "decoded", "reconstructions", "samples"}
 VIEWS = {"vae": DEEP, "dlvm": DEEP, "gmm": {"clusters"}, "map_l2": {"weights"}, "nade": {"samples"},
+         "fvsbn": {"samples"}, "independent": {"samples"},
          "fa": {"loadings"}}
 
 
@@ -49,8 +50,9 @@ def expected_cells(name, skipped=()):
     return cells
 
 
-def cells_of(df, name=None):
+def cells_of(df, name=None, split="train"):
     part = df if name is None else df[df["model"] == name]
+    part = part[part["split"] == split] if "split" in part else part  # estimates.csv: none
     return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
 
 
@@ -130,8 +132,19 @@ def test_compare_quick_writes_tidy_results(quick_run):
     for name in zoo.names():
         skipped = json.loads((out / name / "skipped.json").read_text())
         part = df[df["model"] == name]
-        assert len(part) == len(cells_of(part)), f"{name}: duplicated rows"
+        assert len(part) == len(cells_of(part)) + len(cells_of(part, split="test")), \
+            f"{name}: duplicated rows"
         assert cells_of(part) == expected_cells(name, skipped), name
+        # held-out rows: the job's test methods at its largest K, on the rows it did not fit
+        job = jobs.job_for(name, quick=True)
+        assert cells_of(part, split="test") == set(report.heldout_cells(job, skipped)), name
+        config = json.loads((out / name / "config.json").read_text())
+        if job.test_fraction:
+            split = config["split"]
+            assert split["n_test"] == round(job.test_fraction * (split["n_train"] + split["n_test"]))
+        else:
+            assert "split" not in config and not len(cells_of(part, split="test"))
+        part = part[part["split"] == "train"]
         # every row carries the exact reference where one exists, and its error against it
         exact = part[part["method"] == "exact"]
         if len(exact):
@@ -151,7 +164,7 @@ def test_compare_quick_writes_tidy_results(quick_run):
     # Same particles (same seed and K): log mean w >= mean log w (Jensen), equal at K = 1;
     # gmm's is-guide is symmetrised over relabellings, so the inequality need not hold there.
     for name in ("map_l2", "vae", "dlvm"):
-        part = df[df["model"] == name].set_index(["method", "K", "seed"])["estimate"]
+        part = df[(df["model"] == name) & (df["split"] == "train")].set_index(["method", "K", "seed"])["estimate"]
         iwae, elbo = part["is-guide"], part["elbo"]
         assert (iwae >= elbo - 1e-6 * elbo.abs()).all(), name
         assert np.allclose(iwae.xs(1, level="K"), elbo.xs(1, level="K"), rtol=1e-9), name
@@ -195,7 +208,9 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
             assert img[..., :3].std() > 0.01  # not blank
         # a markdown table per model, one row per (method, K)
         section = summary.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
-        table = [ln for ln in section.splitlines() if ln.startswith("| ")]
+        table = section.split("\n| method | K | log p(x)", 1)[1].split("\n\n", 1)[0]
+        table = ["| method | K | log p(x)" + table.splitlines()[0]] + [
+            ln for ln in table.splitlines()[1:] if ln.startswith("| ")]
         groups = {(m, k) for m, k, _ in expected_cells(name, json.loads(
             (out / name / "skipped.json").read_text()))}
         assert table[0].startswith("| method | K | log p(x) | stderr | spread |")
@@ -223,6 +238,92 @@ def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
     ref = df[(df["model"] == "map_l2") & (df["method"] == "exact")]["estimate"].item()
     assert est["estimate"].item() == pytest.approx(ref, rel=1e-9)
     (out / "map_l2" / "estimates.csv").unlink()  # leave the compare run as it was
+
+
+LADDER = {"independent", "fvsbn", "nade", "dlvm", "vae"}
+
+
+def test_compare_quick_ladder_comes_from_results_csv(quick_run):
+    # The baseline ladder: every binarised-digits model on the same held-out images, each
+    # number the mean over seeds of results.csv's per-datapoint rows (never typed in).
+    out, _ = quick_run
+    df = pd.read_csv(out / "results.csv")
+    summary = (out / "summary.md").read_text()
+    section = summary.split("## Baseline ladder\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert lines[0].startswith("| model | method | K | train | test | gap | test vs independent |")
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+    test = df[df["split"] == "test"]
+    assert {(m, meth) for m, meth, *_ in rows} == {
+        (m, meth) for m, meth in zip(test["model"], test["method"]) if m in LADDER}
+    tests = [float(r[4]) for r in rows]
+    assert tests == sorted(tests)  # worst first
+    base = test[(test["model"] == "independent")]["per_datapoint"].item()
+    for model, method, k, train, held, gap, above in rows:
+        pick = df[(df["model"] == model) & (df["method"] == method)
+                  & (df["K"] == (0 if k == "-" else int(k)))]
+        mean = {s: pick[pick["split"] == s]["per_datapoint"].mean() for s in ("train", "test")}
+        assert float(train) == pytest.approx(mean["train"], abs=5e-4)
+        assert float(held) == pytest.approx(mean["test"], abs=5e-4)
+        assert float(gap) == pytest.approx(mean["train"] - mean["test"], abs=1e-3)
+        assert float(above) == pytest.approx(mean["test"] - base, abs=1e-3)
+    # like with like: the same held-out images (hash) for every rung, and fa's are not them
+    hashes = {m: json.loads((out / m / "config.json").read_text())["split"]["test_sha256"]
+              for m in LADDER | {"fa"}}
+    assert len({hashes[m] for m in LADDER}) == 1 and hashes["fa"] != hashes["nade"]
+
+
+def test_estimate_on_other_data_agrees_with_the_held_out_rows(quick_run, tmp_path):
+    # ppzoo estimate DIR --data PATH on the compare job's own held-out rows gives its test rows;
+    # for independent pixels, also numpy's log-likelihood under the fitted logits.
+    out, _ = quick_run
+    df = pd.read_csv(out / "results.csv")
+    for name in ("independent", "dlvm"):
+        entry = zoo.get(name)
+        x = entry.load_data()[0][: jobs.job_for(name, quick=True).subset]
+        _, (test,) = jobs.split_data((x,), 0.2, 0)
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, x=test.numpy())
+        rc, stdout, stderr = run_main(["estimate", out / name, "--data", path, "--method",
+                                       "exact", "--no-progress"])
+        assert rc == 0, stderr
+        (written,) = (out / name).glob(f"estimates-{name}-*.csv")
+        got = pd.read_csv(written)["per_datapoint"].item()
+        want = df[(df["model"] == name) & (df["split"] == "test")
+                  & (df["method"] == "exact")]["per_datapoint"].item()
+        assert got == pytest.approx(want, abs=1e-4)
+        written.unlink()
+    entry = zoo.get("independent")
+    inference.load_fit(entry, out / "independent")
+    b = entry.net.b.detach().double().numpy()
+    t = test.double().numpy()  # dlvm's held-out images above are independent's too
+    logp = (t * -np.logaddexp(0, -b) + (1 - t) * -np.logaddexp(0, b)).sum(1).mean()
+    want = df[(df["model"] == "independent") & (df["split"] == "test")]["per_datapoint"].item()
+    assert want == pytest.approx(logp, abs=1e-4)
+
+
+def test_estimate_on_other_data_refuses_bad_data_writing_nothing(quick_run, tmp_path):
+    out, _ = quick_run
+    before = sorted(p.name for p in (out / "nade").iterdir())
+    wrong = tmp_path / "wide.npz"
+    np.savez(wrong, x=np.zeros((5, 10), dtype=np.float32))
+    for path, match in ((tmp_path / "nosuch.npz", "no such file"), (wrong, "10")):
+        rc, stdout, stderr = run_main(["estimate", out / "nade", "--data", path])
+        assert rc == 2 and stderr.count("\n") == 1 and match in stderr, stderr
+    assert sorted(p.name for p in (out / "nade").iterdir()) == before
+
+
+def test_a_per_datapoint_guide_without_for_new_data_is_refused_on_other_data():
+    from zoo.dlvm import DLVM
+
+    class Plain(DLVM):
+        def for_new_data(self, *data):
+            return self
+
+    x = zoo.get("dlvm").load_data()[0][:5]
+    with pytest.raises(jobs.UsageError, match="per datapoint.*z_loc"):
+        jobs.evaluation_entry(Plain(), (x,))
+    assert jobs.evaluation_entry(zoo.get("vae"), (x,)).name == "vae"  # amortized: itself
 
 
 # ---------------------------------------------------------------------------- interrupt, resume
@@ -419,7 +520,7 @@ def _file(tmp_path, text, name="data.csv"):
 
 ERRORS = {
     "unknown model": (lambda t: ["compare", "gmm", "nosuch", "--out", t / "o"],
-                      "unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, nade, vae"),
+                      "unknown model(s) nosuch; known models: dlvm, fa, fvsbn, gmm, independent, map_l2, nade, vae"),
     "unknown method": (lambda t: ["estimate", t, "--method", "is-guide", "--method", "mcmc"],
                        "unknown method(s) mcmc"),
     "foreign out dir": (lambda t: ["compare", "gmm", "--out", _nonempty(t)],
@@ -472,6 +573,6 @@ def test_python_dash_m_zoo_reports_errors(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, fa, gmm, map_l2, nade, vae "
+        "ppzoo: error: unknown model(s) nosuch; known models: dlvm, fa, fvsbn, gmm, independent, map_l2, nade, vae "
         "(see ppzoo list)"]
     assert not (tmp_path / "o").exists()

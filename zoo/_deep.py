@@ -11,7 +11,8 @@ helpers.)
 * The data loaders: scikit-learn's bundled 8x8 digits (the default, no network
   needed) and a user's local MNIST file (IDX or ``.npz``).
 * The models' own views for the compare report (:meth:`DeepLatentModel.views`: latent space,
-  decoded grid, reconstructions) and notebook helpers: :func:`decode`, and two ways to make
+  decoded grid, reconstructions) and notebook helpers: :func:`decode`, :func:`posterior_grid`
+  (the exact posterior of one image on a grid), and two ways to make
   out-of-distribution images for anomaly detection, :func:`flip_pixels`, :func:`random_images`.
 
 References:
@@ -369,6 +370,24 @@ def decode(entry, z: torch.Tensor) -> torch.Tensor:
     dev = next(entry.decoder.parameters()).device
     with torch.no_grad():
         return entry.mean_pixels(z.to(dev))
+
+
+def posterior_grid(entry, x: torch.Tensor, limit: float = 4.0, points: int = 121):
+    """The exact posterior ``p(z | x)`` of one image ``x [D]`` under a 2-D ``vae``/``dlvm``
+    decoder, on a ``points x points`` grid over ``[-limit, limit]^2`` (no guide involved):
+    ``(axis [points], log_density [points, points], log_px)``. ``log_density[i, j]`` is at
+    ``z = (axis[j], axis[i])`` and integrates to one by the midpoint rule, whose sum also gives
+    ``log_px``: a check on the quadrature reference where the posterior sits inside the grid."""
+    if entry.latent_dim != 2:
+        raise ValueError(f"posterior_grid needs latent_dim=2, got {entry.latent_dim}")
+    dev = next(entry.decoder.parameters()).device
+    axis = torch.linspace(-limit, limit, points, device=dev)
+    z = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        log_joint = (entry._likelihood(entry.decoder(z)).log_prob(x.to(dev))
+                     + dist.Normal(0.0, 1.0).log_prob(z).sum(-1))
+    log_px = torch.logsumexp(log_joint, 0) + 2 * torch.log(axis[1] - axis[0])
+    return axis.cpu(), (log_joint - log_px).reshape(points, points).cpu(), float(log_px)
 
 
 def flip_pixels(x: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:

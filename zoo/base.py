@@ -57,6 +57,13 @@ class Job:
     :ivar methods: the estimators to run (``None``: every registered one); ``num_samples``,
         ``seeds``: the K grid and the number of seeds.
     :ivar estimate_options: extra keywords of :func:`inference.estimate` (e.g. quadrature points).
+    :ivar test_fraction: share of the datapoints (after ``subset``) held out of the fit, drawn
+        by a permutation seeded with ``split_seed``; the job fits and runs ``methods`` on the
+        rest, and ``test_methods`` at the largest K on both, so the summary shows the gap.
+        Global-scope jobs hold nothing out whatever it says (gmm and map_l2 set 0 to say so):
+        their log p(X) is the evidence of the whole data set, and its held-out analogue, the
+        predictive log p(X_test | X_train), is another quantity. Nor does a model whose guide
+        keeps per-datapoint parameters and that defines no :meth:`ZooModel.for_new_data`.
     :ivar why: one line for the summary: why this guide and scope.
     :ivar quick: overrides of the fields above for ``--quick``.
     """
@@ -75,6 +82,9 @@ class Job:
     num_samples: Tuple[int, ...] = (1, 10, 100, 1000)
     seeds: int = 3
     estimate_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    test_methods: Tuple[str, ...] = ("exact", "is-guide", "ais")
     why: str = ""
     quick: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -117,6 +127,12 @@ class ZooModel:
     def load_data(self, path: Optional[str] = None, device: Any = "cpu") -> Data:
         """The embedded default data set, or a user's file at ``path``."""
         raise NotImplementedError
+
+    def for_new_data(self, *data: torch.Tensor) -> "ZooModel":
+        """An entry that evaluates the fitted model on ``data`` it was not fitted to: itself,
+        unless its guide keeps parameters per datapoint (then a copy, the model frozen, with
+        a guide fitted to ``data``; its params replace the store's)."""
+        return self
 
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
         """Draw a data set of ``num_data`` points from the model with *known* parameters (fixed

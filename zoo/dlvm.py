@@ -9,13 +9,14 @@ but 2 L free parameters per datapoint instead of a shared encoder.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+import inference
 from zoo._deep import DeepLatentModel
 from zoo.base import QUICK, Job, register
 
@@ -90,3 +91,44 @@ class DLVM(DeepLatentModel):
                 event_dim=1,
             )
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    #: full-batch Adam steps of the guides :meth:`for_new_data` fits (an instance may set its own)
+    new_data_steps = 1000
+
+    def for_new_data(self, *data: torch.Tensor) -> "DLVM":
+        """A copy with this decoder frozen and guides fitted to ``data`` (:func:`fit_guides`,
+        ``new_data_steps`` steps from the prior): classic VI fits every new datapoint."""
+        device = next(self.decoder.parameters()).device
+        return fit_guides(self, data, steps=self.new_data_steps, device=device)[0]
+
+
+# ------------------------------------------------------ guides for a frozen decoder (new data)
+def deep_options(entry) -> Dict[str, Any]:
+    """The generative model's options of a ``dlvm`` or ``vae``: a ``DLVM(**them)`` has the same
+    decoder architecture."""
+    return dict(latent_dim=entry.latent_dim, hidden=entry.hidden, data_dim=entry.data_dim,
+                likelihood=entry.likelihood, sigma0=entry.sigma0, seed=entry.seed)
+
+
+def fit_guides(source, data: Any, *, steps: int = 500, lr: float = 0.02, num_particles: int = 1,
+               init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, seed: int = 0,
+               device: Any = "cpu") -> Tuple[DLVM, "inference.FitResult"]:
+    """Per-datapoint Gaussian guides ``q(z_n) = N(m_n, diag(s_n^2))`` fitted, full-batch, to
+    ``source``'s decoder (a ``dlvm`` or ``vae``), which is copied and frozen into a ``dlvm`` entry.
+    ``init``: starting ``(z_loc, z_scale)``, else ``dlvm``'s default. The param store is cleared
+    and then holds the fitted guides, so ``inference.estimate(entry, data, ...)`` uses them.
+
+    :returns: ``(dlvm_entry, fit_result)``."""
+    data = data if isinstance(data, (tuple, list)) else (data,)
+    local = DLVM(**deep_options(source))
+    local.decoder.load_state_dict(source.decoder.state_dict())
+    local.decoder.requires_grad_(False).eval()  # no gradient: pyro.module does not train it
+    dev = inference.target.resolve_device(device)
+    local.to(dev)
+    pyro.clear_param_store()
+    if init is not None:
+        pyro.param("z_loc", init[0].detach().to(dev).clone())
+        pyro.param("z_scale", init[1].detach().to(dev).clone(), constraint=constraints.positive)
+    res = inference.fit(local, data, steps=steps, lr=lr, num_particles=num_particles, seed=seed,
+                        device=dev, progress=False, clear=False)
+    return local, res

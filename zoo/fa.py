@@ -68,6 +68,7 @@ class FactorAnalysis(ZooModel):
     job = Job(steps=2000, lr=0.02, batch_size=256, scope="local", num_samples=(1, 10, 100),
               methods=("exact", "elbo", "is-guide", "is-prior", "ais"), subset=500,
               estimate_options={"temperatures": 20},
+              test_methods=("exact", "is-guide"),  # ais: minutes an estimate
               why="closed-form per-datapoint evidence in 10 latent dimensions: the reference "
                   "quadrature cannot give; AIS against importance sampling",
               quick=dict(QUICK, steps=300, subset=200, estimate_options={"temperatures": 10}))

@@ -91,7 +91,7 @@ class MapL2(ZooModel):
     # 3000 steps of 16 particles reach the optimum: the ELBO 0.005 nats under log p(X), guide
     # sds 0.95-1.02 of the exact ones (1500 steps of one particle stopped 0.8 nats short).
     job = Job(options={"guide": "gaussian"}, steps=3000, lr=0.05, lr_decay=0.02,
-              num_particles=16, scope="global",
+              num_particles=16, scope="global", test_fraction=0.0,
               methods=("exact", "elbo", "is-guide", "is-prior", "ais"),
               why="full-covariance Gaussian guide: its family contains the exact posterior, and "
                   "the evidence has a closed form",

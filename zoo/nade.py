@@ -20,6 +20,9 @@ cheapest to richest, each a Pyro model with no latent variables (so its guide is
     ``2 D H + D + H`` parameters, and all ``D`` conditionals of a datapoint in ``O(D H)`` by a
     running sum over pixels.
 
+``fvsbn`` and ``independent`` are also zoo entries of their own (the same classes with the
+kind fixed), so that the compare job fits all three for its baseline ladder.
+
 Sampling is pixel by pixel (:meth:`AutoregressiveImages.sample`), vectorized over images.
 Default data: the binarised scikit-learn digits, as for ``dlvm`` and ``vae``.
 
@@ -98,7 +101,8 @@ class AutoregressiveImages(ZooModel):
         self.net = _Conditionals(kind, self.data_dim, self.hidden, self.seed)
 
     def __repr__(self) -> str:
-        return f"zoo.get('nade', kind={self.kind!r}, hidden={self.hidden}, data_dim={self.data_dim})"
+        options = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "options", {}).items())
+        return f"zoo.get({self.name!r}{', ' if options else ''}{options})"
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -175,3 +179,29 @@ class AutoregressiveImages(ZooModel):
         axes[1, 0].set_ylabel("drawn")
         fig.suptitle(f"nade ({self.kind}): data and draws, pixel by pixel, from the fitted model")
         return {"samples": fig}
+
+
+# ------------------------------------------------- the ladder's two lower rungs, as zoo entries
+def _entry_of_kind(cls_name: str, kind: str, summary: str, job: Job) -> type:
+    """``zoo.get("nade", kind=kind)`` as a zoo entry of its own, named ``kind``: the compare
+    job fits it beside NADE (its options: ``data_dim``, ``seed``)."""
+
+    def __init__(self, data_dim: int = 64, seed: int = 0):
+        AutoregressiveImages.__init__(self, kind, 1, data_dim, seed)
+
+    return register(type(cls_name, (AutoregressiveImages,), {
+        "__init__": __init__,
+        "__doc__": f'``zoo.get("nade", kind="{kind}")`` as a zoo entry of its own.',
+        "name": kind, "summary": summary, "job": job, "__module__": __name__}))
+
+
+FVSBN = _entry_of_kind(
+    "FVSBN", "fvsbn", "fully-visible sigmoid belief net: a logistic autoregression on binary pixels",
+    Job(steps=2000, lr=0.01, batch_size=128, scope="local", methods=("exact",),
+        why="logistic autoregression, D (D + 1) / 2 weights: the ladder's middle rung",
+        quick=dict(QUICK, steps=300, subset=300)))
+IndependentPixels = _entry_of_kind(
+    "IndependentPixels", "independent",
+    "independent Bernoulli pixels, D parameters: the baseline every image model must beat",
+    Job(steps=1000, lr=0.05, batch_size=128, scope="local", methods=("exact",),
+        why="independent pixels: the ladder's lowest rung", quick=dict(QUICK, steps=300, subset=300)))

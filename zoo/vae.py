@@ -27,7 +27,7 @@ from torch.nn.functional import softplus
 import inference
 from zoo._deep import DeepLatentModel, decode, flip_pixels, mlp, random_images  # noqa: F401
 from zoo.base import QUICK, Job, register
-from zoo.dlvm import DLVM
+from zoo.dlvm import fit_guides
 
 
 @register
@@ -109,11 +109,6 @@ class VAE(DeepLatentModel):
 
 
 # ------------------------------------------------------ notebook helpers: latent space, the gap
-def _deep_options(entry) -> Dict[str, Any]:
-    return dict(latent_dim=entry.latent_dim, hidden=entry.hidden, data_dim=entry.data_dim,
-                likelihood=entry.likelihood, sigma0=entry.sigma0, seed=entry.seed)
-
-
 def encode(entry, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The amortized guide's mean and standard deviation of ``q(z | x)`` for a ``vae``, each
     ``[N, L]`` (no gradient)."""
@@ -156,19 +151,9 @@ def fit_local_guides(
     if init not in ("encoder", "prior"):
         raise ValueError(f"init={init!r}: use 'encoder' or 'prior'")
     data = data if isinstance(data, (tuple, list)) else (data,)
-    (x,) = data
-    local = DLVM(**_deep_options(vae))
-    local.decoder.load_state_dict(vae.decoder.state_dict())
-    local.decoder.requires_grad_(False).eval()  # not registered with pyro.module: frozen
-    dev = inference.target.resolve_device(device)
-    local.to(dev)
-    pyro.clear_param_store()
+    start = None
     if init == "encoder":
-        vae.to(dev)
-        loc, scale = encode(vae, x.to(dev))
-        pyro.param("z_loc", loc.clone())
-        pyro.param("z_scale", scale.clone(), constraint=dist.constraints.positive)
-    res = inference.fit(local, data, steps=steps, lr=lr, num_particles=num_particles, seed=seed,
-              device=dev, progress=False, clear=False)
-    return local, res
-
+        vae.to(inference.target.resolve_device(device))
+        start = encode(vae, data[0].to(inference.target.resolve_device(device)))
+    return fit_guides(vae, data, steps=steps, lr=lr, num_particles=num_particles, init=start,
+                      seed=seed, device=device)

@@ -3,7 +3,7 @@
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
-    ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N]
+    ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
 
@@ -149,15 +149,22 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise jobs.UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
                               "finish it with ppzoo fit ... --resume")
     entry = jobs.make_entry(config["model"], config["options"])
-    data = jobs.load_data(entry, config.get("data"), config.get("subset"), args.device)
-    jobs.check_saved(entry, folder, data)
+    fitted = jobs.fitted_rows(
+        jobs.load_data(entry, config.get("data"), config.get("subset"), args.device), config)
+    jobs.check_saved(entry, folder, fitted)
+    data, path, evaluator = fitted, folder / "estimates.csv", entry
+    if args.data is not None:  # other data: checked first, its rows in a file of their own
+        data = jobs.load_data(entry, _data_arg(args.data), None, args.device)
+        path = folder / f"estimates-{Path(args.data).stem}-{jobs.data_hash(data)[:8]}.csv"
     jobs.lock_folder(folder)
-    path = folder / "estimates.csv"
     table = jobs.Rows(path, key=("method", "K", "seed"))
     done = table.done()
-    inference.load_fit(entry, folder, device=args.device, data=data)
+    inference.load_fit(entry, folder, device=args.device, data=fitted)
+    if args.data is not None:
+        _echo(f"evaluating the fitted {entry.name} on {args.data} ({len(data[0])} datapoints)")
+        evaluator = jobs.evaluation_entry(entry, data)
     df = inference.compare(
-        entry, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
+        evaluator, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
         on_start=lambda m, k, s: _reference_started(m, config["model"]),
         on_row=table.add, skip=lambda m, k, s: (m, int(k), int(s)) in done,
@@ -320,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-K", action="append", type=int, metavar="K",
                    help="number of samples; repeat for several (default: 1 10 100 1000)")
     e.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
+    e.add_argument("--data", metavar="PATH",
+                   help="evaluate the fitted model on this data file instead of its own (rows "
+                        "in estimates-STEM-HASH.csv; e.g. a held-out set)")
 
     s = sub.add_parser("sample", help="draw new data from a fitted run")
     s.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit (or compare's OUT/MODEL)")

@@ -1,10 +1,12 @@
 """The compare job behind ``ppzoo compare``: fit every zoo model, run every estimator, report.
 
-For each model the job fits the model/guide pair by SVI on its default data, then runs
-:func:`inference.compare` over a K grid and several seeds, and writes, under ``OUT/``::
+For each model the job holds out a share of its default data (``Job.test_fraction``, a seeded
+permutation; none for global-scope models), fits the model/guide pair by SVI on the rest, runs
+:func:`inference.compare` over a K grid and several seeds on it, then its ``test_methods`` at
+the largest K on the held-out rows, and writes, under ``OUT/``::
 
     run.json              what was run (marks OUT as a compare run, for --resume)
-    results.csv           one row per model x method x K x seed (tidy; a ``model`` column)
+    results.csv           one row per model x split (train, test) x method x K x seed (tidy)
     summary.md            a legend, then per model: estimate, stderr, spread across seeds,
                           error, ESS, k-hat per method and K (:mod:`zoo.app.summary`)
     MODEL/config.json     how MODEL was fitted (``ppzoo estimate OUT/MODEL`` reads it)
@@ -41,7 +43,7 @@ from zoo.app import summary
 from zoo.app.jobs import (
     RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
     check_device, check_models, check_saved, fit_entry, fit_finished, job_for, job_methods,
-    load_data, make_entry, prepare_out, save_figure,
+    evaluation_entry, load_data, make_entry, new_data_problem, prepare_out, save_figure, split_data, split_record,
 )
 
 # ---------------------------------------------------------------------------- compare job
@@ -57,6 +59,9 @@ class Plan:
     jobs: Dict[str, Job]
     entries: Dict[str, Any]
     data: Dict[str, Tuple[torch.Tensor, ...]]
+    test: Dict[str, Optional[Tuple[torch.Tensor, ...]]] = dataclasses.field(default_factory=dict)
+    #: why a model with a ``test_fraction`` holds nothing out (see :func:`new_data_problem`)
+    unheld: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
     table: Optional["Results"] = None
 
 
@@ -73,11 +78,17 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
         raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
     jobs = {n: job_for(n, quick) for n in names}
     entries = {n: make_entry(n, jobs[n].options) for n in names}
-    data = {n: load_data(entries[n], None, jobs[n].subset, device) for n in names}
+    data, test, unheld = {}, {}, {}
+    for n in names:  # held out only where the fitted model can evaluate new rows
+        data[n] = load_data(entries[n], None, jobs[n].subset, device)
+        holds = jobs[n].test_fraction and jobs[n].scope != "global"
+        unheld[n] = new_data_problem(entries[n], data[n]) if holds else None
+        fraction = jobs[n].test_fraction if holds and not unheld[n] else 0.0
+        data[n], test[n] = split_data(data[n], fraction, jobs[n].split_seed)
     for n in names:  # foreign or unreadable state is refused here, before any work
         check_saved(entries[n], out / n, data[n])
     table = Results(out / RESULTS_FILE)  # so is an unreadable results.csv
-    return Plan(out, names, quick, device, resume, jobs, entries, data, table)
+    return Plan(out, names, quick, device, resume, jobs, entries, data, test, unheld, table)
 
 
 def run_compare(plan: Plan, *, progress: bool = False,
@@ -96,7 +107,10 @@ def run_compare(plan: Plan, *, progress: bool = False,
             echo(f"{name}: fitted state found in {folder}, not refitting")
         else:
             folder.mkdir(exist_ok=True)
-            fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo)
+            if plan.unheld.get(name):
+                echo(f"{name}: nothing held out: {plan.unheld[name]}")
+            fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo,
+                      split=split_record(job, data, plan.test.get(name), plan.unheld.get(name)))
         inference.load_fit(entry, folder, device=plan.device, data=data)
         skipped = summary.read_json(folder / SKIPPED_FILE) or {}
         seeds = list(range(job.seeds))
@@ -105,13 +119,13 @@ def run_compare(plan: Plan, *, progress: bool = False,
         cells = [(m, 0, 0) if ref[m] else (m, k, s)
                  for m in methods for k in ([0] if ref[m] else job.num_samples)
                  for s in ([0] if ref[m] else seeds)]
-        done = table.done(name)
+        done = table.done(name, "train")
         todo = [c for c in cells if c not in done and c[0] not in skipped]
         if todo:
             reporter = _GroupEcho(name, len(seeds), table, echo)
 
             def on_row(row, name=name, reporter=reporter):
-                reporter(table.add(name, row))
+                reporter(table.add(name, row, "train"))
 
             df = inference.compare(
                 entry, data, methods=methods, num_samples=job.num_samples, seeds=seeds,
@@ -125,9 +139,11 @@ def run_compare(plan: Plan, *, progress: bool = False,
         else:
             echo(f"{name}: nothing left to estimate, its {len(done)} estimates already in "
                  f"{RESULTS_FILE}")
+        if plan.test.get(name) is not None:
+            _estimate_heldout(name, plan, table, skipped, progress, echo)
         if torch.device(plan.device).type != "cpu":
             inference.load_fit(entry, folder, device="cpu")
-        rows = table.df[table.df["model"] == name]
+        rows = table.df[(table.df["model"] == name) & (table.df["split"] == "train")]
         write_model_plots(name, entry, data, rows, folder, job.estimate_options)
         write_summary(out, table.df)
     echo(f"wrote {out / RESULTS_FILE} ({len(table.df)} rows), {out / SUMMARY_FILE} and plots "
@@ -135,35 +151,71 @@ def run_compare(plan: Plan, *, progress: bool = False,
     return table.df
 
 
+def heldout_cells(job: Job, skipped: Dict[str, str]) -> List[Tuple[str, int, int]]:
+    """The (method, K, seed) rows a job owes on its held-out data: its ``test_methods`` among
+    the methods it runs and did not skip, at the largest K of its grid (none without a split)."""
+    if not job.test_fraction:
+        return []
+    ref = {m: estimators.get(m).reference for m in job_methods(job)}
+    return [(m, 0, 0) if ref[m] else (m, max(job.num_samples), s)
+            for m in job.test_methods if m in ref and m not in skipped
+            for s in ([0] if ref[m] else range(job.seeds))]
+
+
+def _estimate_heldout(name: str, plan: Plan, table: "Results", skipped: Dict[str, str],
+                      progress: bool, echo: Callable[[str], None]) -> None:
+    """The held-out rows of ``name`` (split ``test``), then its fitted state back in the store."""
+    job, entry, test = plan.jobs[name], plan.entries[name], plan.test[name]
+    done = table.done(name, "test")
+    todo = [c for c in heldout_cells(job, skipped) if c not in done]
+    if not todo:
+        return
+    echo(f"{name} (test): evaluating the fitted model on {len(test[0])} held-out datapoints")
+    evaluator = evaluation_entry(entry, test)
+    reporter = _GroupEcho(name, job.seeds, table, echo, split="test")
+    df = inference.compare(
+        evaluator, test, methods=list(dict.fromkeys(m for m, _, _ in todo)),
+        num_samples=[max(job.num_samples)], seeds=range(job.seeds), scope=job.scope,
+        device=plan.device, progress=progress, skip=lambda m, k, s: (m, int(k), int(s)) in done,
+        on_row=lambda row: reporter(table.add(name, row, "test")), **job.estimate_options)
+    for method, reason in df.attrs.get("skipped", {}).items():
+        echo(f"{name} (test): {method} skipped: {reason}")
+    if evaluator is not entry:  # it replaced the store's params: the fitted ones back
+        inference.load_fit(entry, plan.out / name, device=plan.device, data=plan.data[name])
+
+
 class Results(Rows):
-    """``results.csv``: a ``model`` column, then :class:`~zoo.app.jobs.Rows`'s; rewritten
-    atomically after every row."""
+    """``results.csv``: ``model`` and ``split`` (``train``: the rows fitted; ``test``: held
+    out) columns, then :class:`~zoo.app.jobs.Rows`'s; rewritten atomically after every row."""
 
     def __init__(self, path: Path):
-        super().__init__(path, key=("model", "method", "K", "seed"))
+        super().__init__(path, key=("model", "split", "method", "K", "seed"))
 
-    def done(self, model: str) -> set:
-        return super().done(model=model)
+    def done(self, model: str, split: str = "train") -> set:
+        return super().done(model=model, split=split)
 
-    def add(self, model: str, row: Dict[str, Any]) -> Dict[str, Any]:
-        return super().add({"model": model, **row, "finished": _now()})
+    def add(self, model: str, row: Dict[str, Any], split: str = "train") -> Dict[str, Any]:
+        return super().add({"model": model, "split": split, **row, "finished": _now()})
 
 
 class _GroupEcho:
     """Prints one line per (method, K) once all its seeds are in ``table``."""
 
-    def __init__(self, model: str, seeds: int, table: Results, echo: Callable[[str], None]):
+    def __init__(self, model: str, seeds: int, table: Results, echo: Callable[[str], None],
+                 split: str = "train"):
         self.model, self.seeds, self.table, self.echo = model, seeds, table, echo
+        self.split = split
 
     def __call__(self, row: Dict[str, Any]) -> None:
         df = self.table.df
-        rows = df[(df["model"] == self.model) & (df["method"] == row["method"])
-                  & (df["K"] == row["K"])]
+        rows = df[(df["model"] == self.model) & (df["split"] == self.split)
+                  & (df["method"] == row["method"]) & (df["K"] == row["K"])]
+        label = self.model if self.split == "train" else f"{self.model} ({self.split})"
         reference = summary.is_reference(row["method"])
         if not reference and len(rows) < self.seeds:
             return
         if reference:
-            self.echo(f"{self.model}: {row['method']} reference: log p(x) "
+            self.echo(f"{label}: {row['method']} reference: log p(x) "
                       f"{rows['estimate'].iloc[0]:.6g}, {rows['seconds'].iloc[0]:.2f} s")
             return
         ref = rows["reference"].iloc[0]
@@ -172,7 +224,7 @@ class _GroupEcho:
         err = "" if math.isnan(ref) else f", error {rows['error'].mean():+.4g}"
         khat = rows["khat"].max()
         khat = "k-hat n/a (K < 25)" if math.isinf(khat) else f"k-hat {khat:.3g}"
-        self.echo(f"{self.model}: {row['method']} K={row['K']}: log p(x) "
+        self.echo(f"{label}: {row['method']} K={row['K']}: log p(x) "
                   f"{rows['estimate'].mean():.6g} +- {_stderr(rows['stderr'])}{spread}{err}, "
                   f"ESS {_nanmean(rows['ess']):.3g}, {khat}, "
                   f"{rows['seconds'].mean():.2f} s per estimate")

@@ -54,6 +54,10 @@ How to read the tables:
   weights (PSIS): below the threshold min(1 - 1/log10(K), 0.7) the estimate is reliable, above
   it the variance may be infinite. The worst over seeds (and datapoints) is shown.
 - **s / estimate** -- seconds one estimate took (mean over seeds).
+- **train / test** -- models of local scope are fitted on a share of their data; the rest is
+  held out (a seeded permutation). The tables are of the fitted (train) rows; *held out* gives
+  log p(x) per datapoint on both, at the largest K: the gap is what the fit does not carry over
+  to new data. (dlvm fits new per-datapoint guides to the held-out rows, its decoder frozen.)
 """
 
 
@@ -63,6 +67,7 @@ def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
     lines = ["# ppzoo compare", "",
              f"Updated {when}; {'--quick (short fits, small K); ' if run.get('quick') else ''}"
              f"device {run.get('device', 'cpu')}.", "", LEGEND]
+    lines += ladder_section(out, df, run.get("models", []))
     for name in run.get("models", []):
         rows = df[df["model"] == name] if not df.empty else df
         lines += model_section(name, out / name, rows)
@@ -86,6 +91,8 @@ def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
                   f"({fit['seconds']:.1f} s).", ""]
     for method, reason in (read_json(folder / "skipped.json") or {}).items():
         lines += [f"Not run: {method} -- {reason}.", ""]
+    held = rows[rows["split"] == "test"] if len(rows) else rows
+    rows = rows[rows["split"] == "train"] if len(rows) else rows
     if len(rows) == 0:
         return lines + ["(no estimates yet)", ""]
     table, notes = estimate_table(rows)
@@ -94,6 +101,7 @@ def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
     if cls is not None:
         computed += cls.report_notes(rows, config.get("options", {}))
     lines += [f"- {n}" for n in notes + computed] + ([""] if notes or computed else [])
+    lines += heldout_lines(config.get("split"), rows, held, config.get("scope"))
     first = {"loss.png": 0, "estimates.png": 1, "diagnostics.png": 2}
     pngs = sorted((p.name for p in folder.glob("*.png")), key=lambda n: (first.get(n, 3), n))
     return lines + [f"![{name} {p[:-4]}]({name}/{p})" for p in pngs] + [""]
@@ -137,6 +145,87 @@ def estimate_table(rows: pd.DataFrame):
     if "*" in used:
         notes.append("`n/a *` k-hat: too few samples to fit a tail (needs K >= 25).")
     return out, notes
+
+
+def heldout_lines(split: Optional[Dict[str, Any]], train: pd.DataFrame,
+                  test: pd.DataFrame, scope: Optional[str] = None) -> List[str]:
+    """The held-out paragraph: how the data were split, and log p(x) per datapoint on the
+    fitted and the held-out rows for each method run on both (mean over seeds)."""
+    if not split and scope == "global":
+        return ["Held out: nothing (global scope: log p(X) is the evidence of the whole data "
+                "set; its held-out analogue, log p(X_test | X_train), is another quantity).", ""]
+    if not split or not split.get("n_test"):
+        why = f" -- {split['reason']}" if split and split.get("reason") else ""
+        return [f"Held out: nothing{why}.", ""]
+    lines = [f"Held out: {split['n_test']} of {split['n_train'] + split['n_test']} datapoints "
+             f"(test_fraction {split['test_fraction']}, permutation seed {split['seed']}), not "
+             "used in fitting.", ""]
+    pairs = train_and_test(train, test)
+    if not len(pairs):
+        return lines
+    lines += ["| method | K | train log p(x) / datapoint | test log p(x) / datapoint | gap |",
+              "|---|---:|---:|---:|---:|"]
+    for (method, k), r in pairs.iterrows():
+        lines.append(f"| {method} | {k or '-'} | {r.value_train:.4f} | {r.value_test:.4f} | "
+                     f"{r.value_train - r.value_test:+.4f} |")
+    return lines + [""]
+
+
+def per_datapoint(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean ``per_datapoint`` over seeds, indexed by (method, K), in a column ``value``."""
+    if not len(rows):
+        return pd.DataFrame(columns=["value"])
+    return rows.groupby(["method", "K"])["per_datapoint"].mean().rename("value").to_frame()
+
+
+def train_and_test(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """``value_train`` and ``value_test`` (:func:`per_datapoint`) where both have the (method, K)."""
+    return per_datapoint(train).merge(per_datapoint(test), left_index=True, right_index=True,
+                                      suffixes=("_train", "_test"))
+
+
+#: the ladder's base: models evaluated on the very same held-out rows as this one join it
+LADDER_BASE = "independent"
+
+
+def ladder_section(out: Path, df: pd.DataFrame, models: List[str]) -> List[str]:
+    """The baseline ladder: every model held out on the same rows (same SHA-256) as the
+    independent-pixels model, in nats per datapoint on those rows, from ``df`` (results.csv)."""
+    rows = ladder_rows(out, df, models)
+    if not rows:
+        return []
+    base = next(r for r in rows if r["model"] == LADDER_BASE)["test"]
+    split = (read_json(out / LADDER_BASE / "config.json") or {})["split"]
+    lines = ["## Baseline ladder", "",
+             f"log p(x) in nats per image on the same {split['n_test']} held-out images (every "
+             "model below was fitted on the other "
+             f"{split['n_train']}), worst first: exact likelihoods, and the latent-variable "
+             "models' quadrature reference and importance-sampling bound at the largest K.", "",
+             "| model | method | K | train | test | gap | test vs independent |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["test"]):
+        lines.append(f"| {r['model']} | {r['method']} | {r['K'] or '-'} | {r['train']:.3f} | "
+                     f"{r['test']:.3f} | {r['train'] - r['test']:+.3f} | "
+                     f"{r['test'] - base:+.3f} |")
+    return lines + [""]
+
+
+def ladder_rows(out: Path, df: pd.DataFrame, models: List[str]) -> List[Dict[str, Any]]:
+    """One entry per (model, method, K) with held-out rows on the ladder base's test rows:
+    mean per-datapoint log p(x) on train and test. Empty without the base's exact rows."""
+    if df.empty or LADDER_BASE not in models:
+        return []
+    key = ((read_json(out / LADDER_BASE / "config.json") or {}).get("split") or {}).get("test_sha256")
+    found = []
+    for name in models:
+        split = (read_json(out / name / "config.json") or {}).get("split") or {}
+        if key is None or split.get("test_sha256") != key:
+            continue
+        mine = df[df["model"] == name]
+        pairs = train_and_test(mine[mine["split"] == "train"], mine[mine["split"] == "test"])
+        found += [{"model": name, "method": m, "K": int(k), "train": r.value_train,
+                   "test": r.value_test} for (m, k), r in pairs.iterrows()]
+    return found if any(r["model"] == LADDER_BASE for r in found) else []
 
 
 def reference_notes(rows: pd.DataFrame) -> List[str]:
