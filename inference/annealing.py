@@ -22,6 +22,7 @@ import torch
 from inference.estimators import NotApplicable, Problem
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw, latents
+from inference.replay import NotEnumerable
 from inference.sampling import check_proposal
 from inference.weights import WeightStats, bytes_allocated, pareto_khat, plan_chunks
 
@@ -59,8 +60,8 @@ def check_options(start: str, leapfrog_steps: int, step_size: float, target_acce
 
 
 def check_target(problem: Problem, start: str) -> None:
-    """Refuse what the annealing estimators cannot vouch for: discrete latents (HMC moves need
-    a density in ``R^D``), a guide without a density to start from, and a guide start on a
+    """Refuse what the annealing estimators cannot vouch for: discrete latents not summed out
+    by enumeration (HMC moves need a density in ``R^D``), a guide without a density to start from, and a guide start on a
     target with exchangeable components (the guide sits on one of the ``C!`` relabelled modes,
     and chains started there would miss the others: ``log C!`` too low)."""
     if start == "guide":
@@ -70,12 +71,19 @@ def check_target(problem: Problem, start: str) -> None:
                 f"{problem.target.name} has exchangeable components {sorted(problem.target.symmetries)}: "
                 "a guide start sees one relabelled mode and would be up to log C! too low; "
                 "use start='prior'")
-    _, model_tr, _ = draw(problem, 1, "prior", _first(problem))
+    try:
+        _, model_tr, _ = draw(problem, 1, "prior", _first(problem))
+    except NotEnumerable as err:
+        raise NotApplicable(
+            f"site {err.site!r} is or depends on a discrete latent enumerated outside the data "
+            "plate: annealing sums out only per-datapoint discrete latents; sample it in the "
+            "guide and use 'is-guide'") from None
     for name, site in latents(problem, model_tr):
         if site["fn"].support.is_discrete:
             raise NotApplicable(
                 f"latent site {name!r} is discrete: annealing moves continuous latents with HMC; "
-                "sum it out in the model (e.g. gmm assignments='marginal') or use 'is-guide'")
+                "mark it for enumeration inside the data plate (pyro.infer.config_enumerate, "
+                "e.g. gmm assignments='enumerate'), sum it out in the model, or use 'is-guide'")
 
 
 def _first(problem: Problem) -> Optional[torch.Tensor]:

@@ -57,7 +57,7 @@ def latents(problem: Problem, model_tr) -> List[Tuple[str, Dict[str, Any]]]:
     plate (local scope); sites summed out by enumeration are not latent values of the trace."""
     plate = problem.target.data_plate
     return [(n, s) for n, s in sample_sites(model_tr, latent_only=True)
-            if not s["infer"].get("_enumerate_dim") is not None
+            if s["infer"].get("_enumerate_dim") is None
             and (not problem.local or in_plate(s, plate) is not None)]
 
 
@@ -119,7 +119,7 @@ class Path:
         return self.pack(us)
 
     def densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(log s(z), log p(x, z), log |det dT/du|)`` at ``flat`` (``[C, B, D]``), each ``[C, B]``."""
+        """``log s(z)``, ``log p(x, z)``, ``log |det dT/du|``, each ``[C, B]``, at ``flat`` ``[C, B, D]``."""
         us = self.unpack(flat)
         values, log_jac = {}, 0.0
         for name, transform, pos, _ in self.sites:
@@ -148,7 +148,7 @@ class Path:
                                  data_plate=p.target.data_plate)
 
     def _guide_trace(self, values):
-        """The guide on the chunk's datapoints, conditioned on ``values``, under the particle plate."""
+        """The guide on the chunk's datapoints at ``values``, under the particle plate."""
         p = self.problem
         guide = poutine.condition(p.target.guide, {**(p.fixed or {}), **values})
         count, dim = self.count, -(p.max_plate_nesting + 1)
