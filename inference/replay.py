@@ -156,7 +156,9 @@ def log_weights(
     dim = -(max_plate_nesting + 1)
     handler, data = on_datapoints(target, data, indices)
     ours = indices is not None and target.data_plate is not None
-    model, guide = target.model, target.guide
+    # params stop at the model and guide (their values unchanged): no handler here uses them,
+    # and each would otherwise pass through every handler below (pyro.module: one per weight)
+    model, guide = (poutine.block(fn, hide_types=["param"]) for fn in (target.model, target.guide))
     if fixed:
         model, guide = poutine.condition(model, fixed), poutine.condition(guide, fixed)
     model = _vectorized(subsampled(model, handler), num_particles, dim)
