@@ -3,9 +3,11 @@ PyTorch AIS of the same networks, schedule, chain count, HMC settings and chunks
 memory against the number of chains at a fixed memory budget.
 
     python benchmarks/bench_ais.py [--device cpu|cuda] [--quick] [--n 100] [-K 16]
-                                   [--temperatures 100] [--repeats 3] [--memory]
+                                   [--temperatures 100] [--repeats 3] [--threads N] [--memory]
 
-Times are min/median/max over repeats after a warm-up, the two cases taking turns. With
+Times are min/median/max over repeats after a warm-up, the two cases taking turns; the ratio
+is that of the medians, and the median of the per-round ratios (each round runs both cases
+back to back, so it sees about the same machine load). With
 ``--memory`` each chain count runs in a fresh process so that its peak resident set size is
 its own. Prints markdown tables for benchmarks/RESULTS.md.
 """
@@ -107,8 +109,11 @@ def main(argv=None):
     p.add_argument("--temperatures", type=int, default=100)
     p.add_argument("--budget", type=int, default=None, help="bytes; default: the library's")
     p.add_argument("--memory", action="store_true", help="peak memory vs chains at the budget")
+    p.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
     p.add_argument("--child", action="store_true", help=argparse_suppress())
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = inference.target.resolve_device(args.device)
     args.budget = args.budget or DEFAULT_BUDGET[dev.type]
     if args.child:
@@ -143,6 +148,8 @@ def main(argv=None):
     for name, ts in (("inference.estimate ais", times["ours"]), ("hand-written PyTorch", times["hand"])):
         print(f"| {name} | {len(x)} | {K} | {T} | {chunk} x {data_chunk} | {min(ts):.3f} | "
               f"{med(ts):.3f} | {max(ts):.3f} | {med(ts) / ref:.2f} | {evals / med(ts):.3g} |")
+    rounds = [a / b for a, b in zip(times["ours"], times["hand"])]
+    print(f"\nper-round ratios {', '.join(f'{r:.2f}' for r in rounds)}: median {med(rounds):.2f}")
     ours_v, hand_v = values["ours"].per_datapoint, values["hand"]
     print(f"<!-- mean log p(x_n): ours {float(ours_v.mean()):.3f}, hand-written "
           f"{float(hand_v.mean()):.3f} (different draws) -->")

@@ -7,7 +7,9 @@ replays the model on them, and returns the log importance weights
 
 with ``r`` the guide (``proposal="guide"``), the prior (``proposal="prior"``: the latent
 terms cancel and ``log w = log p(x | z)``), or given values (``proposal="values"``: ``log w``
-is the joint density at the values, for quadrature).
+is the joint density at the values, for quadrature and the annealing estimators). Whatever
+the proposal, discrete sites the model marks for parallel enumeration and the proposal leaves
+are summed out of the weights per datapoint, as :class:`~pyro.infer.TraceEnum_ELBO` does.
 
 Two scopes, read off the trace rather than the model's name:
 
@@ -154,22 +156,24 @@ def log_weights(
     dim = -(max_plate_nesting + 1)
     handler, data = on_datapoints(target, data, indices)
     ours = indices is not None and target.data_plate is not None
-    model, guide = target.model, target.guide
+    # params stop at the model and guide (their values unchanged): no handler here uses them,
+    # and each would otherwise pass through every handler below (pyro.module: one per weight)
+    model, guide = (poutine.block(fn, hide_types=["param"]) for fn in (target.model, target.guide))
     if fixed:
         model, guide = poutine.condition(model, fixed), poutine.condition(guide, fixed)
     model = _vectorized(subsampled(model, handler), num_particles, dim)
     guide = _vectorized(subsampled(guide, handler), num_particles, dim)
 
     guide_tr = None
-    if proposal != "values":  # sites marked for enumeration the proposal leaves are summed out
-        model = poutine.enum(model, first_available_dim=dim - 1)
+    if proposal == "values":
+        model = poutine.condition(model, values)
+    # sites marked for enumeration that the proposal (or the values) leaves are summed out
+    model = poutine.enum(model, first_available_dim=dim - 1)
     if proposal == "guide":
         guide_tr = _traced(guide, *data)
         model_tr = _traced(poutine.replay(model, trace=guide_tr), *data)
-    elif proposal == "prior":
+    elif proposal in ("prior", "values"):
         model_tr = _traced(model, *data)
-    elif proposal == "values":
-        model_tr = _traced(poutine.condition(model, values), *data)
     else:
         raise ValueError(f"unknown proposal {proposal!r}")
     vouch(model_tr, target, ours, "model")
@@ -211,6 +215,14 @@ def log_weights(
     return total
 
 
+class NotEnumerable(ValueError):
+    """A site depends on a discrete latent enumerated outside the data plate (``.site``)."""
+
+    def __init__(self, site: str, message: str):
+        super().__init__(message)
+        self.site = site
+
+
 def _enumerated(site, ndim: int) -> bool:
     """Whether a site's log density depends on enumerated values (dims left of the particles)."""
     fn = site["fn"]
@@ -231,10 +243,11 @@ def _summed_out(model_tr, target: Target, local: bool, ndim: int) -> Optional[to
         others = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLES
                   and f.name != target.data_plate]
         if data_dim is None or others:
-            raise ValueError(
+            raise NotEnumerable(
+                name,
                 f"site {name!r} depends on an enumerated latent outside the data plate or in a "
                 "nested plate: only per-datapoint discrete latents are summed out; give the guide "
-                "the discrete site, or use method='exact' for local discrete latents"
+                "the discrete site, or use method='exact' for local discrete latents",
             )
         lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
         dims = [d for d in range(-ndim + 1, 0) if d != data_dim and -d <= lp.dim()]
