@@ -34,6 +34,7 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
+from inference import distributed as parallel
 from inference import state as state_file
 from inference.io import PathLike, save_torch, write_with
 from inference.plates import ScaleToFull, on_datapoints, resolve
@@ -99,6 +100,7 @@ class FusedAdam:
         self.optimizer: Optional[torch.optim.Adam] = None
         self.names: list = []
         self._waiting: Optional[Dict[str, Any]] = None
+        self.reduce: Optional[parallel.GradReducer] = None  # distributed: the all-reduce
 
     def step(self, *data) -> float:
         loss = self.elbo.differentiable_loss(self.model, self.guide, *data)
@@ -112,9 +114,11 @@ class FusedAdam:
                     raise ValueError("the checkpoint's parameters differ from the model's")
                 self.optimizer.load_state_dict(self._waiting["torch"])
         loss.backward()
+        value = loss.item() if self.reduce is None else self.reduce(
+            self.optimizer.param_groups[0]["params"], loss.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return value
 
     def get_state(self) -> Dict[str, Any]:
         if self.optimizer is None:
@@ -154,6 +158,7 @@ def fit(
     checkpoint: Optional[PathLike] = None,
     checkpoint_every: int = 500,
     kwargs: Optional[Dict[str, Any]] = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
 
@@ -180,6 +185,9 @@ def fit(
         if it exists, the fit resumes from it.
     :param checkpoint_every: steps between checkpoints.
     :param kwargs: keyword arguments for every call of model and guide.
+    :param distributed: data-parallel over the processes ``torchrun`` started
+        (:mod:`inference.distributed`): each takes its shard of every global minibatch of
+        ``batch_size``, gradients are all-reduced, only rank 0 writes the checkpoint.
     """
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
@@ -192,6 +200,7 @@ def fit(
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate; set data_plate on the Target")
     dev = resolve_device(device)
+    world, dev = parallel.setup(dev) if distributed else (parallel.World(), dev)
     data = as_data(tgt, data, dev)
     n = num_datapoints(data)
     tgt = resolve(tgt, data, own_subsampling=batch_size is None)
@@ -204,11 +213,12 @@ def fit(
             "keeps parameters per datapoint, so a minibatch cannot pick its rows: index the data "
             "with the plate, `with pyro.plate('data', len(x)) as idx: ... obs=x[idx]`"
         )
+    parallel.check_fit(world, tgt, n, batch_size)
     if loss is None:
         loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
     if clear:
         pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(parallel.rank_seed(seed, world))
     generator = torch.Generator().manual_seed(seed)
 
     handler = SubsampleAt(tgt.data_plate)
@@ -225,10 +235,13 @@ def fit(
             vectorize_particles=vectorize_particles,
             max_plate_nesting=tgt.plate_nesting(data),
         )
+    reduce = parallel.GradReducer.for_batch(world, n, batch_size) if distributed else None
     if optim is None:
         svi = optim = FusedAdam(model, guide, elbo, lr)
+        svi.reduce = reduce
     else:
-        svi = SVI(model, guide, optim, elbo)
+        svi = SVI(model, guide, optim, elbo) if reduce is None else \
+            parallel.ReducedSVI(model, guide, optim, elbo, reduce=reduce)
 
     rows: list = []
     start = 0
@@ -237,10 +250,13 @@ def fit(
         batch_size=batch_size, num_particles=num_particles,
         vectorize_particles=vectorize_particles)
     if checkpoint is not None and Path(checkpoint).exists():
-        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run)
+        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, world, seed)
     batches = _batches(n, batch_size, generator, dev)
+    if world.size > 1:
+        batches = parallel.sharded_batches(batches, n, world, dev)
+        parallel.start(world, elbo, model, guide, tgt, data, handler)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and world.writer
     bar = tqdm(range(start, steps), desc=f"fit {tgt.name}", disable=not show, leave=False)
     t0 = time.perf_counter()
     validated = False
@@ -256,11 +272,11 @@ def fit(
         if step % 50 == 0:
             bar.set_postfix(loss_per_datapoint=f"{value / n:.4g}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run)
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, world)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, world)
     losses = pd.DataFrame(rows, columns=["step", "loss", "loss_per_datapoint"])
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
@@ -284,27 +300,33 @@ def _enumerates(tgt: Target, data) -> bool:
                for site in tr.nodes.values())
 
 
-def _resume(path, tgt, data, optim, generator, dev, run):
+def _resume(path, tgt, data, optim, generator, dev, run, world=parallel.World(), seed=0):
     """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
     into the param store, the networks, the optimiser and the RNGs; returns the loss rows and
     the step to continue from."""
     saved = state_file.restore(path, tgt, data, dev, run)
     optim.set_state(saved["optim"])
     generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["rng"])
+    parallel.set_rng_state(world, saved["rng"], seed, int(saved["step"]))
     r = saved["rows"]
     rows = list(zip(r["step"].tolist(), r["loss"].tolist(), r["loss_per_datapoint"].tolist()))
     return rows, int(saved["step"])
 
 
-def _checkpoint(path, tgt, optim, rows, step, generator, run=None) -> None:
+def _checkpoint(path, tgt, optim, rows, step, generator, run=None, world=parallel.World()) -> None:
+    rng = parallel.rng_state(world)  # every rank's (a collective); rank 0 writes, the others wait
+    parallel.first(lambda: _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng),
+                   world)
+
+
+def _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng) -> None:
     cols = list(zip(*rows)) or [(), (), ()]
     table = {"step": torch.tensor(cols[0], dtype=torch.int64),
              "loss": torch.tensor(cols[1], dtype=torch.float64),
              "loss_per_datapoint": torch.tensor(cols[2], dtype=torch.float64)}
     saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
                             "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
-                            generator=generator.get_state(), rng=torch.get_rng_state())
+                            generator=generator.get_state(), rng=rng)
     save_torch(saved, path)
 
 
