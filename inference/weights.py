@@ -121,9 +121,9 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
     top = top.to(torch.float64)
     num_tail, num_rows = top.shape[0] - 1, top.shape[1]
     if num_samples < 5:
-        return torch.full((num_rows,), math.nan, dtype=torch.float64)
+        return torch.full((num_rows,), math.nan, dtype=torch.float64, device=top.device)
     if num_tail <= 4:
-        return torch.full((num_rows,), math.inf, dtype=torch.float64)
+        return torch.full((num_rows,), math.inf, dtype=torch.float64, device=top.device)
     shifted = top - top[:1]  # log w - max log w, descending
     cutoff = shifted[num_tail]
     regular = (

@@ -31,3 +31,11 @@ def test_quadrature_on_cuda():
     inference.fit(entry, (x[:64],), steps=5, device="cuda", progress=False)
     est = inference.estimate(entry, (x[:16],), "exact", device="cuda", quadrature_points=32)
     assert est.per_datapoint.is_cuda and torch.isfinite(est.per_datapoint).all()
+
+
+@pytest.mark.parametrize("K", [3, 10])  # a tail too short for a k-hat: NaN/inf on the device
+def test_short_tail_khat_on_cuda(K):
+    entry = zoo.get("vae", latent_dim=2)
+    (x,) = entry.load_data()
+    est = inference.estimate(entry, (x[:16],), "is-guide", K, device="cuda")
+    assert est.khat_per_datapoint.is_cuda and math.isfinite(est.log_evidence)
