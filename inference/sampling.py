@@ -6,6 +6,15 @@ primitive (:func:`inference.replay.log_weights`) in memory-planned chunks, reduc
 ``"prior"``), the statistic of the weights (``"mean"``: ``(1/K) sum_k log w_k``;
 ``"log_mean"``: ``log (1/K) sum_k w_k``) and, optionally, a correction added to every log
 weight (the symmetrised proposal of ``is-guide``).
+
+**Sharded** (``estimate(distributed=True)``, :mod:`inference.distributed`). Local scope: the
+chunks of datapoints of the one-process plan are dealt to the ranks, chunk ``b`` to rank
+``b % P``, each seeded from ``(seed, its first index)``; the per-datapoint statistics are
+gathered in order, so every value is the same on any number of processes. Global scope:
+``log w_k = G_k + sum_r S_rk``, the sites outside the data plate (the same on every rank:
+the particles are shared) plus each rank's unscaled data-plate terms on its shard
+``idx[rank::P]``, summed by an all-reduce before any log-sum-exp; a proposal that draws
+latents per datapoint cannot share its particles and is refused.
 """
 
 from __future__ import annotations
