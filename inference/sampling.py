@@ -117,6 +117,9 @@ def _global_shards(problem: Problem, proposal: str, correction: Optional[Correct
     the data, so the chunk plan and the particles are those of one process."""
     tgt, data, world = problem.target, problem.data, problem.world
     mine = parallel.shard(torch.arange(num_datapoints(data), device=data[0].device), world)
+    if len(mine) == 0:  # known to every rank alike: all refuse
+        raise ValueError(f"{num_datapoints(data)} datapoints cannot be shared by {world.size} "
+                         "processes in global scope; start fewer processes")
     calls = []
 
     def weights(start, count, idx):
