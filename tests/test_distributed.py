@@ -36,8 +36,12 @@ def ranks(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path_factory.mktemp("distributed")
-    env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    try:
+        port = free_port()
+    except OSError as e:
+        pytest.skip(f"no localhost port for the processes to meet at: {e}")
+    env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               OMP_NUM_THREADS="1")
     try:
         procs = [subprocess.Popen([sys.executable, str(JOB), str(out)], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True,
