@@ -57,6 +57,7 @@ def compare(
     on_start: Optional[Callable[[str, int, int], None]] = None,
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
     skip: Optional[Callable[[str, int, int], bool]] = None,
+    distributed: bool = False,
     **options: Any,
 ) -> pd.DataFrame:
     """Run ``methods`` x ``num_samples`` x ``seeds`` on one fitted target.
@@ -75,6 +76,9 @@ def compare(
         say that a slow exact reference is running).
     :param on_row: called with each row as it finishes (e.g. to write it out at once).
     :param skip: ``skip(method, K, seed)`` true for rows to leave out (e.g. already done).
+    :param distributed: share each estimate among ``torchrun``'s processes where the method
+        can be sharded (``estimate(distributed=True)``); the others (the references, the
+        annealed methods) run whole on every process, with the same result.
     :param options: passed to :func:`estimate` (``fixed``, and the methods' own options such as
         ``quadrature_points``).
     :returns: a DataFrame with columns ``COLUMNS``; ``reference``/``error`` are NaN without
@@ -128,7 +132,8 @@ def compare(
         if on_start is not None:
             on_start(method, k, seed)
         try:
-            est = estimate(tgt, data, method, k, seed=seed, **common)
+            est = estimate(tgt, data, method, k, seed=seed, **common,
+                           distributed=distributed and estimators.get(method).shardable)
         except NotApplicable as err:
             skipped[method] = str(err)
             continue

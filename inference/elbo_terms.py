@@ -112,11 +112,13 @@ class ELBOTerms:
         recorded ``kl`` is divided by it, so ``recon - kl`` is the ELBO. With a weight other than
         1, ``loss`` is that ELBO's negative and the column ``objective`` holds what was minimised,
         ``beta * kl - recon``.
+    :param record: ``False`` records no terms (the loss only).
     """
 
-    def __init__(self, elbo: ELBO, num_datapoints: int, kl_weight: float = 1.0):
+    def __init__(self, elbo: ELBO, num_datapoints: int, kl_weight: float = 1.0,
+                 record: bool = True):
         self.n, self.kl_weight = num_datapoints, float(kl_weight)
-        self.on = self.supports(elbo)
+        self.on = record and self.supports(elbo)
         self.columns = BASE_COLUMNS + (TERM_COLUMNS if self.on else ())
         if self.kl_weight != 1:
             self.columns += ("objective",)

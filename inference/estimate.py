@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 import pyro
 import torch
 
+from inference import distributed as parallel
 from inference import estimators
 from inference.estimators import Problem
 from inference.plates import resolve
@@ -112,6 +113,7 @@ def estimate(
     fixed: Optional[Dict[str, torch.Tensor]] = None,
     keep_weights: bool = False,
     kwargs: Optional[Dict[str, Any]] = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Estimate:
     """Estimate ``log p(data)`` under ``target`` with ``method`` and ``num_samples`` (K).
@@ -133,6 +135,11 @@ def estimate(
     :param keep_weights: also return every log weight (``Estimate.log_weights``; K x N numbers,
         so mind the memory for large K).
     :param kwargs: keyword arguments for every call of model and guide (``model(*data, **kwargs)``).
+    :param distributed: share the work among the processes ``torchrun`` started
+        (:mod:`inference.distributed`; one process without it): local scope deals datapoints
+        in blocks seeded by their index, so the values do not depend on the number of
+        processes; global scope sums each particle's per-shard terms across processes. Every
+        rank returns the whole Estimate. For ``elbo``, ``is-guide`` and ``is-prior``.
     :param options: the method's own options, e.g. ``quadrature_points=64`` (grid points per
         latent axis of ``exact``'s quadrature). Options of other registered methods are
         accepted and ignored, so one set of options serves a whole comparison.
@@ -155,6 +162,16 @@ def estimate(
     own = {k: v for k, v in options.items() if k in est.options}
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     dev = resolve_device(device)
+    world = None
+    if distributed:
+        if not est.shardable:
+            raise ValueError(f"method {method!r} cannot be sharded across processes (these can: "
+                             f"{[m for m in methods() if estimators.get(m).shardable]}); run it "
+                             "without distributed=True")
+        if keep_weights:
+            raise ValueError("keep_weights gathers K x N weights on one process; run without "
+                             "distributed=True to keep them")
+        world, dev = parallel.setup(dev)
     if memory_budget is None:
         memory_budget = DEFAULT_BUDGET.get(dev.type, DEFAULT_BUDGET["cpu"])
     if memory_budget < 1:
@@ -166,7 +183,7 @@ def estimate(
     scope, fixed = resolve_scope(tgt, data, scope, fixed)
     problem = Problem(target=tgt, data=data, scope=scope, max_plate_nesting=mpn, fixed=fixed,
                       num_samples=num_samples, memory_budget=memory_budget,
-                      keep_weights=keep_weights)
+                      keep_weights=keep_weights, world=world, seed=seed)
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -63,9 +63,10 @@ def in_plate(site: Dict[str, Any], plate: Optional[str]) -> Optional[int]:
     return None
 
 
-def _site_log_density(site, *, local: bool, ndim: int, data_plate: Optional[str]) -> torch.Tensor:
+def _site_log_density(site, *, local: bool, ndim: int, data_plate: Optional[str],
+                      scaled: bool = True) -> torch.Tensor:
     lp = site["fn"].log_prob(site["value"])
-    lp = scale_and_mask(lp, 1.0 if local else site["scale"], site["mask"])
+    lp = scale_and_mask(lp, site["scale"] if scaled and not local else 1.0, site["mask"])
     if not isinstance(lp, torch.Tensor):
         lp = torch.as_tensor(lp)
     if lp.dim() > ndim:
@@ -143,6 +144,7 @@ def log_weights(
     fixed: Optional[Dict[str, torch.Tensor]] = None,
     values: Optional[Dict[str, torch.Tensor]] = None,
     with_traces: bool = False,
+    split: bool = False,
 ):
     """Log importance weights of ``num_particles`` particles (see the module docstring).
 
@@ -150,6 +152,10 @@ def log_weights(
     :param fixed: values that condition model and guide (globals held fixed).
     :param values: for ``proposal="values"``, the latent values, already with the particle
         dimension in front.
+    :param split: (global scope, on a shard ``indices`` of the datapoints) return the weights
+        as two ``[K]`` parts: the sites outside the data plate, and the unscaled sum of the
+        data plate's sites over the shard -- summed across shards, the second is the full
+        data's (:mod:`inference.distributed`).
     :returns: ``[K, B]`` (local) or ``[K]`` (global) log weights; with ``with_traces``, also
         the model and guide traces.
     """
@@ -182,10 +188,14 @@ def log_weights(
 
     ndim = -dim
     density = dict(local=local, ndim=ndim, data_plate=target.data_plate)
-    total = 0.0
+    total = inside = 0.0  # split: the data plate's sites go to ``inside``
+
+    def shared(site) -> bool:
+        return split and in_plate(site, target.data_plate) is not None
+
     summed = _summed_out(model_tr, target, local, ndim)
     if summed is not None:
-        total = summed
+        total, inside = (0.0, summed) if split else (summed, 0.0)
     for name, site in sample_sites(model_tr):
         if local and not _check_local_site(name, site, target.data_plate, "model"):
             continue
@@ -200,15 +210,23 @@ def log_weights(
                 "the guide needs it to propose every latent; add it to the guide or use "
                 "method='is-prior'"
             )
-        total = total + _site_log_density(site, **density)
+        if shared(site):
+            inside = inside + _site_log_density(site, **density, scaled=False)
+        else:
+            total = total + _site_log_density(site, **density)
     if guide_tr is not None:
         for name, site in sample_sites(guide_tr, latent_only=True):
             if local and not _check_local_site(name, site, target.data_plate, "guide", fixed):
                 continue
             if name not in model_tr.nodes and not site["infer"].get("is_auxiliary"):
                 raise ValueError(f"guide site {name!r} is not in the model; rename or remove it")
-            total = total - _site_log_density(site, **density)
-    if not isinstance(total, torch.Tensor):
+            if shared(site):
+                inside = inside - _site_log_density(site, **density, scaled=False)
+            else:
+                total = total - _site_log_density(site, **density)
+    if split:
+        total = _pair(total, inside)
+    if not isinstance(total, torch.Tensor) and not split:
         raise ValueError("the model has no sample sites to weigh")
     if with_traces:
         return total, model_tr, guide_tr
@@ -221,6 +239,12 @@ class NotEnumerable(ValueError):
     def __init__(self, site: str, message: str):
         super().__init__(message)
         self.site = site
+
+def _pair(total, inside) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(total, inside)`` as tensors of one shape."""
+    if not isinstance(inside, torch.Tensor):
+        raise ValueError("the model has no sample sites in the data plate to shard")
+    return (torch.zeros_like(inside) if not isinstance(total, torch.Tensor) else total), inside
 
 
 def _enumerated(site, ndim: int) -> bool:

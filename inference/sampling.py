@@ -6,6 +6,15 @@ primitive (:func:`inference.replay.log_weights`) in memory-planned chunks, reduc
 ``"prior"``), the statistic of the weights (``"mean"``: ``(1/K) sum_k log w_k``;
 ``"log_mean"``: ``log (1/K) sum_k w_k``) and, optionally, a correction added to every log
 weight (the symmetrised proposal of ``is-guide``).
+
+**Sharded** (``estimate(distributed=True)``, :mod:`inference.distributed`). Local scope: the
+chunks of datapoints of the one-process plan are dealt to the ranks, chunk ``b`` to rank
+``b % P``, each seeded from ``(seed, its first index)``; the per-datapoint statistics are
+gathered in order, so every value is the same on any number of processes. Global scope:
+``log w_k = G_k + sum_r S_rk``, the sites outside the data plate (the same on every rank:
+the particles are shared) plus each rank's unscaled data-plate terms on its shard
+``idx[rank::P]``, summed by an all-reduce before any log-sum-exp; a proposal that draws
+latents per datapoint cannot share its particles and is refused.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ from typing import Any, Callable, Dict, Optional
 import pyro
 import torch
 
+from inference import distributed as parallel
 from inference.estimators import NotApplicable, Problem
-from inference.replay import log_weights, sample_sites
+from inference.replay import in_plate, log_weights, sample_sites
 from inference.target import num_datapoints
 from inference.weights import WeightStats, pareto_khat, stream
 
@@ -55,16 +65,21 @@ def sampled(problem: Problem, proposal: str, statistic: str,
 
     if proposal == "guide":
         check_proposal(problem)
-    stats, (kc, bc) = stream(weights, K, num_datapoints(data) if local else None, budget,
-                             data[0].device)
-    pairs = [STATISTICS[statistic](s) for s in stats]
-    value = torch.cat([v for v, _ in pairs])
-    err = torch.cat([e for _, e in pairs])
-    ess = torch.cat([s.ess() for s in stats])
-    top = torch.cat([s.top for s in stats], 1)
-    khat = pareto_khat(top, K, budget)
-    # A datapoint masked out of the model has equal weights: no tail, no k-hat to speak of.
-    khat = torch.where((top == top[:1]).all(0), torch.full_like(khat, math.nan), khat)
+    N, world = num_datapoints(data), problem.world
+    if world is None or not local:
+        if world is not None:  # global: the pilot (first call) on all data, as in one process
+            weights = _global_shards(problem, proposal, correction, weights)
+        stats, (kc, bc) = stream(weights, K, N if local else None, budget, data[0].device)
+        value, err, ess, khat = _summaries(stats, statistic, K, budget)
+    else:
+        stats, (kc, bc) = stream(weights, K, N, budget, data[0].device,
+                                 dealt=(world, problem.seed))
+        mine = [[t.cpu() for t in _summaries([st], statistic, K, budget)] for st in stats]
+        parts = parallel.gather(mine, world)  # rank r ran chunks r, r + P, r + 2P, ...
+        chunks = [parts[g % world.size][g // world.size]
+                  for g in range(sum(map(len, parts)))]
+        value, err, ess, khat = (torch.cat([c[j] for c in chunks]).to(data[0].device)
+                                 for j in range(4))
     fields = dict(
         num_samples=K,
         log_evidence=float(value.sum()),
@@ -80,6 +95,58 @@ def sampled(problem: Problem, proposal: str, statistic: str,
     if problem.keep_weights:
         fields["log_weights"] = _assemble(kept[1:], local)  # the first call is stream's pilot
     return fields
+
+
+def _summaries(stats, statistic: str, K: int, budget: int):
+    """Per datapoint: the statistic, its standard error, the ESS and the PSIS k-hat."""
+    pairs = [STATISTICS[statistic](s) for s in stats]
+    value = torch.cat([v for v, _ in pairs])
+    err = torch.cat([e for _, e in pairs])
+    ess = torch.cat([s.ess() for s in stats])
+    top = torch.cat([s.top for s in stats], 1)
+    khat = pareto_khat(top, K, budget)
+    # A datapoint masked out of the model has equal weights: no tail, no k-hat to speak of.
+    khat = torch.where((top == top[:1]).all(0), torch.full_like(khat, math.nan), khat)
+    return value, err, ess, khat
+
+
+def _global_shards(problem: Problem, proposal: str, correction: Optional[Correction], pilot):
+    """Global-scope ``weights`` of a sharded estimate: every rank draws the same particles,
+    replays the model on its shard ``idx[rank::size]`` and sums the data plate's terms across
+    ranks; the first call (:func:`~inference.weights.stream`'s pilot) runs ``pilot`` on all
+    the data, so the chunk plan and the particles are those of one process."""
+    tgt, data, world = problem.target, problem.data, problem.world
+    mine = parallel.shard(torch.arange(num_datapoints(data), device=data[0].device), world)
+    if len(mine) == 0:  # known to every rank alike: all refuse
+        raise ValueError(f"{num_datapoints(data)} datapoints cannot be shared by {world.size} "
+                         "processes in global scope; start fewer processes")
+    calls = []
+
+    def weights(start, count, idx):
+        calls.append(count)
+        if len(calls) == 1:
+            return pilot(start, count, idx)
+        (rest, inside), model_tr, guide_tr = log_weights(
+            tgt, data, count, max_plate_nesting=problem.max_plate_nesting, proposal=proposal,
+            local=False, indices=mine, with_traces=True, split=True)
+        if len(calls) == 2:
+            _check_shared(problem, model_tr if proposal == "prior" else guide_tr, proposal)
+        if correction is not None:
+            rest = rest + correction(problem, count, guide_tr)
+        return rest + parallel.all_sum(inside, world)
+
+    return weights
+
+
+def _check_shared(problem: Problem, trace, proposal: str) -> None:
+    """The particles are shared only if the proposal draws nothing per datapoint."""
+    for name, site in sample_sites(trace, latent_only=True):
+        if in_plate(site, problem.target.data_plate) is not None and \
+                site["infer"].get("enumerate") != "parallel":
+            raise ValueError(
+                f"the {proposal} draws {name!r} per datapoint: in global scope the processes can "
+                "share only particles of global latents; use scope='local' or run without "
+                "distributed=True")
 
 
 def _assemble(chunks, local: bool) -> torch.Tensor:

@@ -34,6 +34,7 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
+from inference import distributed as parallel
 from inference import state as state_file
 from inference.elbo_terms import ELBOTerms, KLWeight, check_kl_weight
 from inference.io import PathLike, save_torch, write_with
@@ -106,6 +107,7 @@ class FusedAdam:
         self.optimizer: Optional[torch.optim.Adam] = None
         self.names: list = []
         self._waiting: Optional[Dict[str, Any]] = None
+        self.reduce: Optional[parallel.GradReducer] = None  # distributed: the all-reduce
 
     def step(self, *data) -> float:
         loss = self.elbo.differentiable_loss(self.model, self.guide, *data)
@@ -119,9 +121,11 @@ class FusedAdam:
                     raise ValueError("the checkpoint's parameters differ from the model's")
                 self.optimizer.load_state_dict(self._waiting["torch"])
         loss.backward()
+        value = loss.item() if self.reduce is None else self.reduce(
+            self.optimizer.param_groups[0]["params"], loss.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return value
 
     def get_state(self) -> Dict[str, Any]:
         if self.optimizer is None:
@@ -164,6 +168,7 @@ def fit(
     heldout: Any = None,
     heldout_every: int = 100,
     kwargs: Optional[Dict[str, Any]] = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
 
@@ -202,6 +207,9 @@ def fit(
         Refused for a guide with per-datapoint parameters (they belong to the training rows).
     :param heldout_every: steps between held-out evaluations.
     :param kwargs: keyword arguments for every call of model and guide.
+    :param distributed: data-parallel over the processes ``torchrun`` started
+        (:mod:`inference.distributed`): each takes its shard of every global minibatch of
+        ``batch_size``, gradients are all-reduced, only rank 0 writes the checkpoint.
     """
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
@@ -214,6 +222,7 @@ def fit(
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate; set data_plate on the Target")
     dev = resolve_device(device)
+    world, dev = parallel.setup(dev) if distributed else (parallel.World(), dev)
     data = as_data(tgt, data, dev)
     n = num_datapoints(data)
     tgt = resolve(tgt, data, own_subsampling=batch_size is None)
@@ -228,12 +237,16 @@ def fit(
         )
     if heldout is not None:
         heldout = _check_heldout(tgt, data, heldout, heldout_every, dev)
+    parallel.check_fit(world, tgt, n, batch_size)
+    if world.size > 1 and kl_weight != 1:
+        raise ValueError(f"kl_weight={kl_weight} with distributed=True: the KL weight's loss "
+                         "columns are not yet reduced across processes; fit in one process")
     if loss is None:
         loss = "traceenum" if tgt.loss == "trace" and _enumerates(tgt, data) else tgt.loss
     check_kl_weight(kl_weight, loss if isinstance(loss, ELBO) else LOSSES[loss]())
     if clear:
         pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(parallel.rank_seed(seed, world))
     generator = torch.Generator().manual_seed(seed)
 
     handler = SubsampleAt(tgt.data_plate)
@@ -252,12 +265,16 @@ def fit(
             vectorize_particles=vectorize_particles,
             max_plate_nesting=tgt.plate_nesting(data),
         )
-    terms = ELBOTerms(elbo, n, kl_weight)
+    # the terms are per process under torchrun (a shard's): recorded in one process only
+    terms = ELBOTerms(elbo, n, kl_weight, record=world.size == 1)
     elbo = terms.elbo
+    reduce = parallel.GradReducer.for_batch(world, n, batch_size) if distributed else None
     if optim is None:
         svi = optim = FusedAdam(model, guide, elbo, lr)
+        svi.reduce = reduce
     else:
-        svi = SVI(model, guide, optim, elbo)
+        svi = SVI(model, guide, optim, elbo) if reduce is None else \
+            parallel.ReducedSVI(model, guide, optim, elbo, reduce=reduce)
 
     rows: list = []
     start = 0
@@ -268,11 +285,15 @@ def fit(
         **({} if kl_weight == 1 else {"kl_weight": kl_weight}))
     held: list = []
     if checkpoint is not None and Path(checkpoint).exists():
-        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns)
+        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns,
+                              world, seed)
         held = [tuple(r) for r in state_file.read(checkpoint, "checkpoint").get("heldout", [])]
     batches = _batches(n, batch_size, generator, dev)
+    if world.size > 1:
+        batches = parallel.sharded_batches(batches, n, world, dev)
+        parallel.start(world, elbo, model, guide, tgt, data, handler)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and world.writer
     bar = tqdm(range(start, steps), desc=f"fit {tgt.name}", disable=not show, leave=False)
     t0 = time.perf_counter()
     validated = False
@@ -290,11 +311,12 @@ def fit(
         if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
             held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns, held)
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns,
+                        held, world)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns, held)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns, held, world)
     losses = pd.DataFrame(rows, columns=list(terms.columns))
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
@@ -348,27 +370,34 @@ def _enumerates(tgt: Target, data) -> bool:
                for site in tr.nodes.values())
 
 
-def _resume(path, tgt, data, optim, generator, dev, run, columns):
+def _resume(path, tgt, data, optim, generator, dev, run, columns, world=parallel.World(), seed=0):
     """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
     into the param store, the networks, the optimiser and the RNGs; returns the loss rows
     (a column the checkpoint predates is NaN) and the step to continue from."""
     saved = state_file.restore(path, tgt, data, dev, run)
     optim.set_state(saved["optim"])
     generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["rng"])
+    parallel.set_rng_state(world, saved["rng"], seed, int(saved["step"]))
     r = saved["rows"]
     nan = [math.nan] * len(r["step"])
     rows = list(zip(*(r[c].tolist() if c in r else nan for c in columns)))
     return rows, int(saved["step"])
 
 
-def _checkpoint(path, tgt, optim, rows, step, generator, run, columns, held=()) -> None:
+def _checkpoint(path, tgt, optim, rows, step, generator, run, columns, held=(),
+                world=parallel.World()) -> None:
+    rng = parallel.rng_state(world)  # every rank's (a collective); rank 0 writes, the others wait
+    parallel.first(lambda: _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng,
+                                            columns, held), world)
+
+
+def _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng, columns, held) -> None:
     cols = list(zip(*rows)) or [()] * len(columns)
     table = {c: torch.tensor(col, dtype=torch.int64 if c == "step" else torch.float64)
              for c, col in zip(columns, cols)}
     saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
                             "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
-                            generator=generator.get_state(), rng=torch.get_rng_state(),
+                            generator=generator.get_state(), rng=rng,
                             **({"heldout": [list(r) for r in held]} if held else {}))
     save_torch(saved, path)
 

@@ -121,9 +121,9 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
     top = top.to(torch.float64)
     num_tail, num_rows = top.shape[0] - 1, top.shape[1]
     if num_samples < 5:
-        return torch.full((num_rows,), math.nan, dtype=torch.float64)
+        return torch.full((num_rows,), math.nan, dtype=torch.float64, device=top.device)
     if num_tail <= 4:
-        return torch.full((num_rows,), math.inf, dtype=torch.float64)
+        return torch.full((num_rows,), math.inf, dtype=torch.float64, device=top.device)
     shifted = top - top[:1]  # log w - max log w, descending
     cutoff = shifted[num_tail]
     regular = (
@@ -228,10 +228,13 @@ def _even(total: int, size: int) -> int:
 
 
 def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device,
-           indices: Optional[torch.Tensor] = None):
+           indices: Optional[torch.Tensor] = None, dealt: Optional[Tuple[Any, int]] = None):
     """Run ``weights(start, count, idx)`` over all K particles in chunks planned from a measured
     pilot, one :class:`WeightStats` per chunk of datapoints (local, ``N`` given) or one in all.
-    ``indices`` restricts the datapoints to those (default: all ``N``).
+    ``indices`` restricts the datapoints to those (default: all ``N``). With ``dealt =
+    (world, seed)`` (local), this rank runs its share of the chunks of datapoints,
+    ``chunks[rank::size]``, each seeded from ``(seed, its first index)``: the plan is the same
+    on any number of processes, so is every datapoint's value.
     Returns the list of stats and the chunk plan ``(particles, datapoints)``."""
     if N is not None and indices is None:
         indices = torch.arange(N, device=device)
@@ -243,10 +246,17 @@ def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device,
     per_unit = nbytes / (k0 * (1 if N is None else len(idx0)))
     kc, bc = plan_chunks(K, N, per_unit, budget)
     out = []
+    blocks = [None] if N is None else list(indices.split(bc))
+    if dealt is not None:
+        from inference.distributed import derived_seed
+
+        blocks = blocks[dealt[0].rank :: dealt[0].size]
     # The pilot ran with Pyro's argument validation; the chunks repeat it on the same shapes,
     # so they skip it (it re-checks every observed value's support: ~30% of the time).
     with pyro.validation_enabled(False):
-        for idx in ([None] if N is None else indices.split(bc)):
+        for idx in blocks:
+            if dealt is not None:
+                torch.manual_seed(derived_seed(dealt[1], int(idx[0])))
             st = WeightStats(K)
             for start in range(0, K, kc):
                 st.update(weights(start, min(kc, K - start), idx))

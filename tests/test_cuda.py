@@ -76,3 +76,10 @@ def test_cpu_and_cuda_agree():
     assert abs(cpu.log_evidence - gpu.log_evidence) <= 4 * math.hypot(cpu.stderr, gpu.stderr)
     samples = entry.sample(16, seed=0)
     assert torch.isfinite(samples[0]).all()
+
+@pytest.mark.parametrize("K", [3, 10])  # a tail too short for a k-hat: NaN/inf on the device
+def test_short_tail_khat_on_cuda(K):
+    entry = zoo.get("vae", latent_dim=2)
+    (x,) = entry.load_data()
+    est = inference.estimate(entry, (x[:16],), "is-guide", K, device="cuda")
+    assert est.khat_per_datapoint.is_cuda and math.isfinite(est.log_evidence)

@@ -52,6 +52,9 @@ class Problem:
     :ivar num_samples: K.
     :ivar memory_budget: bytes one chunk may allocate.
     :ivar keep_weights: keep every log weight (``Estimate.log_weights``), e.g. for arviz.
+    :ivar world: with ``estimate(distributed=True)``, this process's
+        :class:`~inference.distributed.World`: the work is sharded across processes.
+    :ivar seed: the seed (sharded work seeds its blocks from it).
     """
 
     target: Target
@@ -62,6 +65,8 @@ class Problem:
     num_samples: int
     memory_budget: int
     keep_weights: bool = False
+    world: Any = None
+    seed: int = 0
 
     @property
     def local(self) -> bool:
@@ -78,6 +83,7 @@ class Estimator:
         only when the weights' tail is light (PSIS k-hat below its threshold); False for the
         ELBO, whose standard error is that of an average of log weights.
     :cvar options: keyword options :meth:`run` accepts, with their defaults.
+    :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
     """
 
     name: ClassVar[str] = ""
@@ -85,6 +91,7 @@ class Estimator:
     reference: ClassVar[bool] = False
     weighted: ClassVar[bool] = True
     options: ClassVar[Mapping[str, Any]] = {}
+    shardable: ClassVar[bool] = False
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)

@@ -37,6 +37,8 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 def _echo(line: str) -> None:
     from tqdm import tqdm
 
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for all
     tqdm.write(line, file=sys.stdout)  # above any progress bar, not through it
     sys.stdout.flush()
 
@@ -104,12 +106,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         subset=args.subset, scope=None, estimate_options={},
     )
     jobs.check_fit_settings(job, args.seed)
+    world = jobs.join(args.device)
     entry = jobs.make_entry(args.model, job.options)
     jobs.check_loss(job, entry)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
-    out = jobs.prepare_out(args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
-                           stale=lambda out: not jobs.fit_started(out))
+    out = jobs.on_rank0(lambda: jobs.prepare_out(
+        args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
+        stale=lambda out: not jobs.fit_started(out)), world)
     if args.resume and jobs.fit_started(out):
         config = jobs.fit_config(entry, job, data_path=data_path, seed=args.seed,
                                  device=args.device)
@@ -121,7 +125,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if (out / jobs.CHECKPOINT_FILE).is_file():
             _echo(f"continuing from {out / jobs.CHECKPOINT_FILE}")
     jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
-                   device=args.device, progress=_progress(args), echo=_echo)
+                   device=args.device, progress=_progress(args), echo=_echo,
+                   distributed=world.size > 1)
     _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
     return 0
 
@@ -140,6 +145,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     ks = args.K or [1, 10, 100, 1000]
     jobs.check_estimate_settings(ks, args.seeds)
     jobs.check_device(args.device)
+    world = jobs.join(args.device)
     folder = Path(args.dir)
     if not folder.is_dir():
         raise jobs.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
@@ -156,7 +162,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.data is not None:  # other data: checked first, its rows in a file of their own
         data = jobs.load_data(entry, _data_arg(args.data), None, args.device)
         path = folder / f"estimates-{Path(args.data).stem}-{jobs.data_hash(data)[:8]}.csv"
-    jobs.lock_folder(folder)
+    jobs.on_rank0(lambda: jobs.lock_folder(folder), world)
     table = jobs.Rows(path, key=("method", "K", "seed"))
     done = table.done()
     inference.load_fit(entry, folder, device=args.device, data=fitted)
@@ -167,7 +173,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         evaluator, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
         on_start=lambda m, k, s: _reference_started(m, config["model"]),
-        on_row=table.add, skip=lambda m, k, s: (m, int(k), int(s)) in done,
+        on_row=table.add if world.writer else None,
+        skip=lambda m, k, s: (m, int(k), int(s)) in done, distributed=world.size > 1,
         **config.get("estimate_options", {}))
     for method, reason in df.attrs.get("skipped", {}).items():
         _echo(f"{method} skipped: {reason}")

@@ -15,6 +15,7 @@ import pyro
 import torch
 
 import inference
+from inference import distributed as parallel
 import zoo
 from inference.io import write_text, write_with
 from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
@@ -340,31 +341,51 @@ def check_saved(entry, folder: Path, data) -> None:
             state_file.check_params(saved, target, data, path)
 
 
+def join(device: str) -> parallel.World:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group; this process's place."""
+    if parallel.launched():
+        return parallel.setup(torch.device(device))[0]
+    return parallel.World()
+
+
+def on_rank0(fn: Callable[[], Any], world: parallel.World) -> Any:
+    """``fn()`` (creating or locking a run folder) on rank 0 alone, its outcome on every rank:
+    one process holds the lock, the others neither wait for it nor write."""
+    return parallel.first(fn, world)
+
+
 def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,
               seed: int = 0, device: str = "cpu", progress: bool = False,
-              echo: Callable[[str], None] = print, split: Optional[Dict[str, Any]] = None):
+              echo: Callable[[str], None] = print, split: Optional[Dict[str, Any]] = None,
+              distributed: bool = False):
     """Fit ``entry`` with ``job``'s settings; write config.json, state.pt, losses.csv,
     loss.png under ``folder``. An existing ``folder/checkpoint.pt`` is continued. ``split``
-    (:func:`split_record`): ``data`` is the training part of a split, recorded in the config."""
+    (:func:`split_record`): ``data`` is the training part of a split, recorded in the config.
+    With ``distributed``, one of ``torchrun``'s processes: rank 0 alone writes."""
     from inference.plots import plot_losses
 
+    world = parallel.world()
     config = fit_config(entry, job, data_path=data_path, seed=seed, device=device)
     if split is not None:
         config["split"] = split
-    write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
+    on_rank0(lambda: write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE), world)
     optim = pyro.optim.ClippedAdam({"lr": job.lr, "lrd": job.lr_decay ** (1 / max(job.steps, 1))})
     result = inference.fit(entry, data, steps=job.steps, optim=optim, batch_size=job.batch_size,
                            num_particles=job.num_particles, loss=job.loss, kl_weight=job.kl_weight,
                            seed=seed, device=device, progress=progress,
                            checkpoint=folder / CHECKPOINT_FILE,
-                           checkpoint_every=max(50, job.steps // 10))
-    result.save(folder)
+                           checkpoint_every=max(50, job.steps // 10), distributed=distributed)
     final = float(result.losses["loss_per_datapoint"].tail(50).mean())
-    config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
-    write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
-    save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"),
-                folder / "loss.png")
-    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    def write():  # the other ranks wait for it: the run folder is finished when they return
+        result.save(folder)
+        config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
+        write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
+        save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"),
+                    folder / "loss.png")
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    on_rank0(write, world)
     echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s, "
          f"-ELBO/datapoint {final:.4g} (mean of the last 50 steps) -> {folder}")
     return result

@@ -1,0 +1,122 @@
+"""The work of tests/test_distributed.py on each of its processes, started as ``torchrun``
+starts them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` in the environment), or
+alone with ``WORLD_SIZE=1`` for the single-process references. Every check shares one start-up
+(each costs seconds); each rank saves what it got to ``OUT/rank{r}.pt``.
+
+    python tests/distributed_job.py OUT
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer.autoguide import AutoDelta
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toy  # noqa: E402
+
+import inference  # noqa: E402
+from inference import distributed as parallel  # noqa: E402
+from inference import svi as svi_module  # noqa: E402
+
+
+def hierarchical(x):
+    """mu ~ N(0, 1), z_n ~ N(mu, 1), x_n ~ N(z_n, 0.5): a global and a local latent."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]) as idx:
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+
+
+#: the loss-curve fit (tests/test_distributed.py runs it in one process too)
+CURVE = dict(steps=60, batch_size=50, lr=0.05, seed=1)
+
+
+def params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def fits(out: Path, rank: int) -> dict:
+    got = {}
+    x = toy.local_data(40)
+    # one full-batch step, deterministic loss (AutoDelta): the default fused Adam
+    inference.fit((hierarchical, AutoDelta(hierarchical)), x, steps=1, lr=0.1, distributed=True)
+    got["one_step"] = params()
+    # three minibatch steps of an uneven global batch (shards of 11 and 10), Pyro's optimiser
+    inference.fit((hierarchical, AutoDelta(hierarchical)), x, steps=3, batch_size=21,
+                  optim=pyro.optim.ClippedAdam({"lr": 0.1}), distributed=True)
+    got["minibatch"] = params()
+    # a zoo model's loss curve, global batch 50 of 150
+    import zoo
+
+    r = inference.fit(zoo.get("gmm"), zoo.get("gmm").load_data(), **CURVE, distributed=True)
+    got["curve"] = r.losses["loss"].to_numpy()
+    # checkpoint and resume: Ctrl-C right after the checkpoint of step 10, then rerun
+    pair = (toy.local_model, toy.local_guide)
+    settings = dict(steps=20, batch_size=20, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
+    whole = inference.fit(pair, x, checkpoint=out / "whole.pt", **settings)
+    real = svi_module._checkpoint
+
+    def stop_at_10(*args):
+        real(*args)
+        if args[4] == 10:
+            raise KeyboardInterrupt
+
+    svi_module._checkpoint = stop_at_10
+    try:
+        inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
+    except KeyboardInterrupt:
+        pass
+    svi_module._checkpoint = real
+    resumed = inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
+    got["resume"] = (whole.state["params"], resumed.state["params"],
+                     whole.losses["loss"].to_numpy(), resumed.losses["loss"].to_numpy())
+    return got
+
+
+def estimates() -> dict:
+    got = {}
+    x = toy.local_data(300)
+    toy.set_local_guide(x, shrink=0.9, widen=1.3)
+    pair = (toy.local_model, toy.local_guide)
+    for method in ("is-guide", "elbo"):  # 1 MiB chunks: several blocks of datapoints
+        est = inference.estimate(pair, x, method, 64, seed=5, memory_budget=1 << 20,
+                                 distributed=True)
+        got[f"local {method}"] = (est.per_datapoint, est.stderr_per_datapoint,
+                                  est.khat_per_datapoint, est.log_evidence,
+                                  est.diagnostics["chunk_datapoints"])
+    xg = x[:60]
+    toy.set_global_guide(xg, widen=1.5)
+    for method in ("is-guide", "is-prior"):
+        est = inference.estimate((toy.global_model, toy.global_guide), xg, method, 200, seed=2,
+                                 scope="global", distributed=True)
+        got[f"global {method}"] = (est.log_evidence, est.stderr)
+    return got
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    w = parallel.setup(torch.device("cpu"))[0]
+    got = {"world": w.size}
+    t = [time.perf_counter()]
+    got.update(fits(out, w.rank))
+    t.append(time.perf_counter())
+    got.update(estimates())
+    t.append(time.perf_counter())
+    from zoo.app import cli
+
+    run = str(out / "run")
+    got["cli"] = (cli.main(["fit", "gmm", "--out", run, "--steps", "10", "--no-progress"]),
+                  cli.main(["estimate", run, "--method", "is-guide", "--method", "elbo",
+                            "-K", "20", "--seeds", "1", "--no-progress"]))
+    t.append(time.perf_counter())
+    got["seconds"] = list(np.diff(t))
+    torch.save(got, out / f"rank{w.rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
