@@ -83,3 +83,14 @@ def test_short_tail_khat_on_cuda(K):
     (x,) = entry.load_data()
     est = inference.estimate(entry, (x[:16],), "is-guide", K, device="cuda")
     assert est.khat_per_datapoint.is_cuda and math.isfinite(est.log_evidence)
+
+
+def test_compare_quick_on_cuda(tmp_path):
+    """The application end to end on the device: fits, train and held-out estimates, and the
+    report's plots (drawn on the CPU from the device's fitted state)."""
+    from clitools import run_main
+
+    rc, _, err = run_main(["compare", "--quick", "--no-progress", "--device", "cuda",
+                           "--out", tmp_path, *zoo.names()])
+    assert rc == 0, err
+    assert (tmp_path / "results.csv").stat().st_size > 0 and (tmp_path / "summary.md").exists()

@@ -216,7 +216,7 @@ class FactorAnalysis(ZooModel):
         """``num`` points from the fitted model: ``z ~ N(0, I_L)``, then
         ``x ~ N(W z + mu, diag(psi))`` (with ``mean``: ``W z + mu``), as ``(x,)``."""
         g = torch.Generator().manual_seed(seed)
-        W, mu, psi = self.fitted()
+        W, mu, psi = (t.detach().cpu() for t in self.fitted())
         z = torch.randn(num, self.latent_dim, generator=g, dtype=W.dtype)
         x = z @ W.T + mu
         if not mean:

@@ -141,8 +141,9 @@ def run_compare(plan: Plan, *, progress: bool = False,
                  f"{RESULTS_FILE}")
         if plan.test.get(name) is not None:
             _estimate_heldout(name, plan, table, skipped, progress, echo)
-        if torch.device(plan.device).type != "cpu":
+        if torch.device(plan.device).type != "cpu":  # the plots are drawn on the CPU
             inference.load_fit(entry, folder, device="cpu")
+            data = tuple(t.cpu() for t in data)
         rows = table.df[(table.df["model"] == name) & (table.df["split"] == "train")]
         write_model_plots(name, entry, data, rows, folder, job.estimate_options)
         write_summary(out, table.df)
