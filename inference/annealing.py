@@ -61,9 +61,10 @@ def check_options(start: str, leapfrog_steps: int, step_size: float, target_acce
 
 def check_target(problem: Problem, start: str) -> None:
     """Refuse what the annealing estimators cannot vouch for: discrete latents not summed out
-    by enumeration (HMC moves need a density in ``R^D``), a guide without a density to start from, and a guide start on a
-    target with exchangeable components (the guide sits on one of the ``C!`` relabelled modes,
-    and chains started there would miss the others: ``log C!`` too low)."""
+    by enumeration (HMC moves need a density in ``R^D``), a guide without a density to start
+    from, and a guide start on a target with exchangeable components (the guide sits on one of
+    the ``C!`` relabelled modes, and chains started there would miss the others: ``log C!``
+    too low)."""
     if start == "guide":
         check_proposal(problem)
         if not problem.local and problem.target.symmetries:
