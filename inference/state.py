@@ -204,6 +204,9 @@ def expected_params(target: Any, data: Any) -> Dict[str, Any]:
     from pyro import poutine
     from pyro.util import get_rng_state, set_rng_state
 
+    weights = [w for net in target.networks.values() for w in net.parameters()][:1]
+    if weights:  # traced where the networks are (the data may be on another device)
+        data = tuple(t.to(weights[0].device) for t in data)
     store = pyro.get_param_store()
     kept, rng = store.get_state(), get_rng_state()
     store.clear()
