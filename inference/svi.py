@@ -1,5 +1,10 @@
 """Stochastic variational inference with ``Trace_ELBO`` on any target.
 
+(About 370 lines: :func:`fit` is one function whose many options -- minibatches, particles,
+losses, KL weight, held-out tracking, checkpoints, data parallelism -- each take a few lines
+here and live in their own modules: :mod:`inference.elbo_terms`, :mod:`inference.checkpoints`,
+:mod:`inference.distributed`.)
+
 :func:`fit` maximises the evidence lower bound [1]
 
     ELBO(q) = E_q[log p(x, z) - log q(z)] <= log p(x)
@@ -37,7 +42,11 @@ from tqdm import tqdm
 from inference import distributed as parallel
 from inference import state as state_file
 from inference.elbo_terms import ELBOTerms, KLWeight, check_kl_weight
-from inference.io import PathLike, save_torch, write_with
+from inference.checkpoints import (HELDOUT_FILE, LOSS_FILE, STATE_FILE, load_fit,  # noqa: F401
+                                   save_fit)
+from inference.checkpoints import checkpoint as _checkpoint
+from inference.checkpoints import resume as _resume
+from inference.io import PathLike
 from inference.plates import ScaleToFull, on_datapoints, resolve
 from inference.target import (
     SubsampleAt,
@@ -47,7 +56,6 @@ from inference.target import (
     num_datapoints,
     param_state,
     resolve_device,
-    set_param_state,
     subsampled,
     unwrapped,
 )
@@ -368,74 +376,3 @@ def _enumerates(tgt: Target, data) -> bool:
         tr = poutine.trace(tgt.model).get_trace(*data)
     return any(site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
                for site in tr.nodes.values())
-
-
-def _resume(path, tgt, data, optim, generator, dev, run, columns, world=parallel.World(), seed=0):
-    """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
-    into the param store, the networks, the optimiser and the RNGs; returns the loss rows
-    (a column the checkpoint predates is NaN) and the step to continue from."""
-    saved = state_file.restore(path, tgt, data, dev, run)
-    optim.set_state(saved["optim"])
-    generator.set_state(saved["generator"])
-    parallel.set_rng_state(world, saved["rng"], seed, int(saved["step"]))
-    r = saved["rows"]
-    nan = [math.nan] * len(r["step"])
-    rows = list(zip(*(r[c].tolist() if c in r else nan for c in columns)))
-    return rows, int(saved["step"])
-
-
-def _checkpoint(path, tgt, optim, rows, step, generator, run, columns, held=(),
-                world=parallel.World()) -> None:
-    rng = parallel.rng_state(world)  # every rank's (a collective); rank 0 writes, the others wait
-    parallel.first(lambda: _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng,
-                                            columns, held), world)
-
-
-def _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng, columns, held) -> None:
-    cols = list(zip(*rows)) or [()] * len(columns)
-    table = {c: torch.tensor(col, dtype=torch.int64 if c == "step" else torch.float64)
-             for c, col in zip(columns, cols)}
-    saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
-                            "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
-                            generator=generator.get_state(), rng=rng,
-                            **({"heldout": [list(r) for r in held]} if held else {}))
-    save_torch(saved, path)
-
-
-STATE_FILE = "state.pt"
-LOSS_FILE = "losses.csv"
-HELDOUT_FILE = "heldout.csv"
-
-
-def save_fit(result: FitResult, folder: PathLike) -> Path:
-    """Write the fitted state (``state.pt``, see :mod:`inference.state`) and loss history
-    (``losses.csv``) to ``folder``, each file atomically."""
-    folder = Path(folder)
-    meta = {"target": state_file.identity(result.target), "data": result.state.get("data")}
-    save_torch(state_file.pack(result.state, meta, "fit"), folder / STATE_FILE)
-    write_with(folder / LOSS_FILE, lambda tmp: result.losses.to_csv(tmp, index=False))
-    if result.heldout is not None:
-        write_with(folder / HELDOUT_FILE, lambda tmp: result.heldout.to_csv(tmp, index=False))
-    return folder
-
-
-def load_fit(target: Any, folder: PathLike, device: Any = "cpu", data: Any = None) -> Target:
-    """Load a state written by :func:`save_fit` into Pyro's param store and ``target``'s
-    networks; returns the :class:`~inference.target.Target`.
-
-    The file is read with ``weights_only=True`` and must belong to ``target`` (its name,
-    options, guide and networks); with ``data``, also to that data (``N`` and hash) and the
-    params the guide creates on it. Otherwise :class:`~inference.state.StateError` names the
-    mismatch."""
-    tgt = as_target(target)
-    path = Path(folder) / STATE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no fitted state at {path}; run inference.fit(...).save({folder!r}) first")
-    saved = state_file.read(path, "fit")
-    if data is not None:
-        data = as_data(tgt, data, device)
-    state_file.check(saved, tgt, path, data=data)
-    if data is not None:
-        state_file.check_params(saved, tgt, data, path)
-    set_param_state(tgt, state_file.unpack(saved), device)
-    return tgt
