@@ -130,13 +130,13 @@ def main(argv=None):
     print(f"{environment()}; budget {args.budget >> 20} MiB; untrained digits vae, "
           f"{OPTS['leapfrog_steps']} leapfrog steps\n")
 
-    def ours():
+    def ours(jit=False):
         return inference.estimate(entry, (x,), "ais", K, device=dev, memory_budget=args.budget,
-                                  temperatures=T, **OPTS)
+                                  temperatures=T, jit=jit, **OPTS)
 
     plan = ours().diagnostics
     chunk, data_chunk = plan["chunk_particles"], plan["chunk_datapoints"]
-    cpu = {"ours": [], "hand": []}
+    cpu = {"ours": [], "jit": [], "hand": []}
 
     def cpu_timed(name, fn):  # CPU seconds of this process: less sensitive to other load
         def run():
@@ -148,6 +148,7 @@ def main(argv=None):
 
     values, times = interleaved(
         {"ours": cpu_timed("ours", ours),
+         "jit": cpu_timed("jit", lambda: ours(jit=True)),
          "hand": cpu_timed("hand", lambda: hand_written(entry, x, K, betas, chunk, data_chunk,
                                                         **OPTS))},
         args.repeats, dev)
@@ -158,14 +159,19 @@ def main(argv=None):
     print("| case | N | K | T | chunk | min s | median s | max s | ratio to hand-written (median) "
           "| gradient evaluations/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, ts in (("inference.estimate ais", times["ours"]), ("hand-written PyTorch", times["hand"])):
+    for name, ts in (("inference.estimate ais", times["ours"]),
+                     ("inference.estimate ais, jit=True", times["jit"]),
+                     ("hand-written PyTorch", times["hand"])):
         print(f"| {name} | {len(x)} | {K} | {T} | {chunk} x {data_chunk} | {min(ts):.3f} | "
               f"{med(ts):.3f} | {max(ts):.3f} | {med(ts) / ref:.2f} | {evals / med(ts):.3g} |")
-    rounds = [a / b for a, b in zip(times["ours"], times["hand"])]
-    print(f"\nper-round ratios {', '.join(f'{r:.2f}' for r in rounds)}: median {med(rounds):.2f}")
-    if dev.type == "cpu":
-        print(f"CPU seconds (median): ours {med(cpu['ours']):.3f}, hand-written "
-              f"{med(cpu['hand']):.3f}, ratio {med(cpu['ours']) / med(cpu['hand']):.2f}")
+    print()
+    for case in ("ours", "jit"):
+        rounds = [a / b for a, b in zip(times[case], times["hand"])]
+        print(f"{case}: per-round ratios {', '.join(f'{r:.2f}' for r in rounds)}: median "
+              f"{med(rounds):.2f}")
+        if dev.type == "cpu":
+            print(f"{case}: CPU seconds (median) {med(cpu[case]):.3f}, hand-written "
+                  f"{med(cpu['hand']):.3f}, ratio {med(cpu[case]) / med(cpu['hand']):.2f}")
     ours_v, hand_v = values["ours"].per_datapoint, values["hand"]
     print(f"<!-- mean log p(x_n): ours {float(ours_v.mean()):.3f}, hand-written "
           f"{float(hand_v.mean()):.3f} (different draws) -->")

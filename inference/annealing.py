@@ -28,7 +28,7 @@ from inference.weights import WeightStats, bytes_allocated, pareto_khat, plan_ch
 
 #: the options every annealing estimator shares, with their defaults
 OPTIONS = {"temperatures": 100, "schedule": "sigmoid", "start": "guide", "leapfrog_steps": 5,
-           "step_size": 0.1, "target_accept": 0.65}
+           "step_size": 0.1, "target_accept": 0.65, "jit": False}
 
 
 def schedule(temperatures: Union[int, Sequence[float]], kind: str = "sigmoid") -> torch.Tensor:

@@ -21,6 +21,12 @@ datapoints at the same values. A guide whose distributions do not depend on the 
 distributions reused at every evaluation -- checked, not assumed: with gradients and at a
 shifted point; any other guide is re-run at each evaluation.
 
+With ``jit=True`` (opt-in, as Pyro's own HMC ``jit_compile``) the densities of a chunk are
+compiled once by ``torch.jit.trace`` for its shapes, which removes the Python of Pyro's
+tracing from the hundreds of evaluations that follow; the compiled densities are kept only if
+they agree with the eager ones at a second point, else the chunk runs eagerly. A model whose
+Python control flow depends on the latent values should not use it.
+
 References
 
 [1] Neal (2001), Annealed importance sampling, Statistics and Computing.
@@ -30,7 +36,9 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pyro
@@ -65,7 +73,8 @@ class Path:
     """The geometric path on ``count`` chains for datapoints ``idx`` (local) or the whole data
     (global), in unconstrained coordinates flattened to ``[C, B, D]``."""
 
-    def __init__(self, problem: Problem, start: str, count: int, idx: Optional[torch.Tensor]):
+    def __init__(self, problem: Problem, start: str, count: int, idx: Optional[torch.Tensor],
+                 jit: bool = False):
         self.problem, self.start, self.count, self.idx = problem, start, count, idx
         _, model_tr, guide_tr = draw(problem, count, start, idx)
         source = guide_tr if start == "guide" else model_tr
@@ -97,6 +106,45 @@ class Path:
                                         "given latents; use start='prior'")
             self._start_sites = self._fixed_guide()
         self.B = 1 if idx is None else len(idx)
+        self._compiled = self._compile() if jit else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this chunk's densities run compiled (``jit=True`` and the check passed)."""
+        return self._compiled is not None
+
+    def _densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s, j, lj = self.densities(flat)
+        return s, j, j.new_zeros(j.shape) + lj  # the log-Jacobian a tensor even where it is 0
+
+    def _compile(self):
+        """A ``torch.jit.trace`` of :meth:`densities` for this chunk, or ``None`` where tracing
+        fails or the traced densities differ from the eager ones at a shifted point. The
+        parameters are constants of the trace (they do not change while estimating): their
+        gradients are off while it is made and while it runs."""
+        state = pyro.get_param_store().get_state()["params"]
+        weights = [w for w in state.values() if w.requires_grad] + [
+            w for net in self.problem.target.networks.values() for w in net.parameters()
+            if w.requires_grad]
+        flat = self.pack(self.initial)
+        try:
+            with _frozen(weights), warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")  # the tracer's notes on Pyro's Python
+                traced = torch.jit.trace(self._densities, (flat.clone().requires_grad_(True),),
+                                         check_trace=False)
+                probe = (flat + 0.5).requires_grad_(True)
+                agree = all(torch.allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
+                            for a, b in zip(self._densities(probe), traced(probe)))
+        except Exception:  # noqa: BLE001 -- whatever the tracer cannot follow runs eagerly
+            return None
+        if not agree:
+            return None
+
+        def run(flat):
+            with _frozen(weights):
+                return traced(flat)
+
+        return run
 
     def pack(self, us: Dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([us[n].reshape(self.count, self.B, -1) for n, *_ in self.sites], -1)
@@ -192,7 +240,7 @@ class Path:
         def fn(flat: torch.Tensor):
             with torch.enable_grad():
                 flat = flat.detach().requires_grad_(True)
-                start, joint, log_jac = self.densities(flat)
+                start, joint, log_jac = (self._compiled or self.densities)(flat)
                 b = torch.as_tensor(beta, dtype=joint.dtype, device=joint.device)
                 f = (1 - b) * start + b * joint + log_jac
                 (grad,) = torch.autograd.grad(f.sum(), flat)
@@ -201,6 +249,18 @@ class Path:
             return f, grad, (joint - start).detach()
 
         return fn
+
+
+@contextlib.contextmanager
+def _frozen(weights: List[torch.Tensor]):
+    """``weights`` without gradients inside (constants of a trace), with them again after."""
+    for w in weights:
+        w.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for w in weights:
+            w.requires_grad_(True)
 
 
 def _identity(t) -> bool:

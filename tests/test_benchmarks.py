@@ -49,5 +49,6 @@ def test_bench_memory_small():
 
 def test_bench_ais_quick():
     table = rows(run("bench_ais.py", "--quick"))
-    assert [r[0] for r in table] == ["inference.estimate ais", "hand-written PyTorch"]
-    assert table[1][8] == "1.00" and float(table[0][8]) > 0
+    assert [r[0] for r in table] == ["inference.estimate ais", "inference.estimate ais, jit=True",
+                                     "hand-written PyTorch"]
+    assert table[2][8] == "1.00" and float(table[0][8]) > 0 and float(table[1][8]) > 0

@@ -19,7 +19,10 @@ evaluations of ``log p(x, z)``, ``log s(z)`` and their gradient per datapoint.
 
 Options: ``temperatures`` (T, or the list of betas), ``schedule`` (``"sigmoid"`` [2] or
 ``"linear"``), ``start`` (``"guide"`` or ``"prior"``), ``leapfrog_steps``, ``step_size`` (the
-initial one, then adapted per temperature and datapoint towards ``target_accept``).
+initial one, then adapted per temperature and datapoint towards ``target_accept``), ``jit``
+(``True``: each chunk's densities compiled by ``torch.jit.trace``, checked against the eager
+ones; ``diagnostics["jit_chunks"]`` counts the chunks that ran compiled; see
+:mod:`inference.path`).
 
 References
 
@@ -57,19 +60,21 @@ class AIS(Estimator):
         betas = schedule(o["temperatures"], o["schedule"])
         check_target(problem, o["start"])
         plan_, (kc, bc) = chunks(problem, o["start"])
-        stats, acc, weight = [], 0.0, 0
+        stats, acc, weight, compiled = [], 0.0, 0, 0
         with pyro.validation_enabled(False):
             for idx, counts in plan_:
                 st = WeightStats(problem.num_samples)
                 for count in counts:
-                    path = Path(problem, o["start"], count, idx)
+                    path = Path(problem, o["start"], count, idx, jit=bool(o["jit"]))
+                    compiled += path.compiled
                     log_w, a = anneal(path, betas, path.pack(path.initial), o["leapfrog_steps"],
                                       o["step_size"], o["target_accept"])
                     st.update(log_w)
                     acc, weight = acc + a * count * path.B, weight + count * path.B
                 stats.append(st)
         diag = acceptance(acc, weight)
-        diag.update(temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc)
+        diag.update(temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc,
+                    jit_chunks=compiled)
         return fields(stats, problem, diagnostics=diag)
 
 

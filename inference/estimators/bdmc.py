@@ -70,7 +70,7 @@ class BDMC(Estimator):
             for idx, counts in plan_:
                 sf, sr = WeightStats(K), WeightStats(K)
                 for count in counts:
-                    path = Path(problem, o["start"], count, idx)
+                    path = Path(problem, o["start"], count, idx, jit=bool(o["jit"]))
                     args = (o["leapfrog_steps"], o["step_size"], o["target_accept"])
                     log_w, a = anneal(path, betas, path.pack(path.initial), *args)
                     sf.update(log_w)

@@ -94,7 +94,7 @@ class SMC(Estimator):
 def _smc(problem: Problem, R: int, o: Dict[str, Any]):
     """``R`` runs of K particles each, vectorized: particle ``r * K + i``."""
     K = problem.num_samples
-    path = Path(problem, o["start"], R * K, None)
+    path = Path(problem, o["start"], R * K, None, jit=bool(o["jit"]))
     x = path.pack(path.initial)
     _, _, diff = path.potential(0.0)(x)
     dtype, dev = diff.dtype, diff.device
