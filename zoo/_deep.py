@@ -38,7 +38,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from zoo.base import Data, Simulated, ZooModel, check_file, check_size, check_tensors
+from zoo.base import Data, Simulated, ZooModel, check_file, check_rows, check_size
 
 #: Digits pixels are integers 0..16; a pixel is "on" when it is at least this value.
 DIGITS_THRESHOLD = 8
@@ -252,18 +252,9 @@ class DeepLatentModel(ZooModel):
         return load_labels()
 
     def check_data(self, *data: torch.Tensor) -> None:
-        check_tensors(data)
-        if len(data) != 1:
-            raise ValueError(f"{self.name} takes one data tensor x [N, {self.data_dim}], got {len(data)}")
-        (x,) = data
-        if x.dim() != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(
-                f"x must be 2-D [N, {self.data_dim}] (data_dim={self.data_dim}), got shape"
-                f" {tuple(x.shape)}; flatten images to rows and build the model with the"
-                f" matching data_dim, e.g. zoo.get({self.name!r}, data_dim=784) for MNIST"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"x has dtype {x.dtype}; convert it with x.float()")
+        x = check_rows(data, self.name, self.data_dim,
+                       "flatten images to rows and build the model with the matching data_dim, "
+                       f"e.g. zoo.get({self.name!r}, data_dim=784) for MNIST")
         if self.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
             raise ValueError(
                 "the Bernoulli likelihood needs binary 0/1 pixels, x holds other values;"

@@ -194,6 +194,21 @@ def check_shape(t: torch.Tensor, ndim: int, what: str, last: Optional[int] = Non
         raise ValueError(f"{what} must be {want}, got shape {tuple(t.shape)}")
 
 
+def check_rows(data: Data, name: str, data_dim: int, fix: str) -> torch.Tensor:
+    """The one float tensor ``x [N, data_dim]`` of a model whose datapoints are rows (``fa``,
+    ``dlvm``, ``vae``, ``nade``); else a one-line error, ending with ``fix`` for a wrong shape."""
+    check_tensors(data)
+    if len(data) != 1:
+        raise ValueError(f"{name} takes one data tensor x [N, {data_dim}], got {len(data)}")
+    (x,) = data
+    if x.dim() != 2 or x.shape[1] != data_dim:
+        raise ValueError(f"x must be 2-D [N, {data_dim}] (data_dim={data_dim}), got shape "
+                         f"{tuple(x.shape)}; {fix}")
+    if not x.is_floating_point():
+        raise ValueError(f"x has dtype {x.dtype}; convert it with x.float()")
+    return x
+
+
 _REGISTRY: Registry[ZooModel] = Registry("model", "known models:", sort=True)
 #: class decorator adding a model to the registry under ``cls.name``
 register = _REGISTRY.register

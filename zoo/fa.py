@@ -44,7 +44,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from zoo.base import QUICK, Data, Job, Simulated, ZooModel, check_tensors, register
+from zoo.base import QUICK, Data, Job, Simulated, ZooModel, check_rows, register
 
 
 @register
@@ -201,15 +201,7 @@ class FactorAnalysis(ZooModel):
         return (x,)
 
     def check_data(self, *data: torch.Tensor) -> None:
-        check_tensors(data)
-        if len(data) != 1:
-            raise ValueError(f"fa takes one data tensor x [N, {self.data_dim}], got {len(data)}")
-        (x,) = data
-        if x.dim() != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(f"x must be 2-D [N, {self.data_dim}] (data_dim={self.data_dim}), got "
-                             f"shape {tuple(x.shape)}; build the model with the matching data_dim")
-        if not x.is_floating_point():
-            raise ValueError(f"x has dtype {x.dtype}; convert it with x.float()")
+        check_rows(data, "fa", self.data_dim, "build the model with the matching data_dim")
 
     @torch.no_grad()
     def sample(self, num: int, seed: int = 0, mean: bool = False) -> Data:

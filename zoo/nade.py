@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from zoo._deep import load_digits, load_mnist
-from zoo.base import QUICK, Job, Simulated, ZooModel, check_tensors, register
+from zoo.base import QUICK, Job, Simulated, ZooModel, check_rows, register
 
 KINDS = ("nade", "fvsbn", "independent")
 
@@ -144,14 +144,9 @@ class AutoregressiveImages(ZooModel):
         return (x.to(device),)
 
     def check_data(self, *data: torch.Tensor) -> None:
-        check_tensors(data)
-        if len(data) != 1 or data[0].dim() != 2 or data[0].shape[1] != self.data_dim:
-            shape = tuple(data[0].shape) if len(data) == 1 else f"{len(data)} tensors"
-            raise ValueError(f"nade takes one tensor x [N, {self.data_dim}] (data_dim="
-                             f"{self.data_dim}), got {shape}; flatten images to rows")
-        (x,) = data
-        if not x.is_floating_point() or not ((x == 0) | (x == 1)).all():
-            raise ValueError("nade needs binary 0/1 float pixels; binarise first, e.g. "
+        x = check_rows(data, self.name, self.data_dim, "flatten images to rows")
+        if not ((x == 0) | (x == 1)).all():
+            raise ValueError(f"{self.name} needs binary 0/1 float pixels; binarise first, e.g. "
                              "(x > 0.5).float()")
 
     def simulate(self, num_data: int, seed: int = 0) -> Simulated:
