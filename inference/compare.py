@@ -12,6 +12,7 @@ import numbers
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -19,10 +20,11 @@ from inference import estimators
 from inference.estimate import MAX_SAMPLES, Estimate, estimate
 from inference.estimators import NotApplicable
 from inference.target import as_data, as_target, load_fitted
+from inference.weights import stderr_caveats
 
 COLUMNS = [
     "method", "K", "seed", "scope", "estimate", "stderr", "per_datapoint", "ess", "khat",
-    "seconds", "reference", "error",
+    "seconds", "reference", "error", "vouched",
 ]
 
 
@@ -40,6 +42,7 @@ def _row(est: Estimate, seed: int, reference: float) -> Dict[str, Any]:
         "seconds": est.seconds,
         "reference": reference,
         "error": est.log_evidence - reference,
+        "vouched": est.vouched,
     }
 
 
@@ -82,7 +85,8 @@ def compare(
     :param options: passed to :func:`estimate` (``fixed``, and the methods' own options such as
         ``quadrature_points``).
     :returns: a DataFrame with columns ``COLUMNS``; ``reference``/``error`` are NaN without
-        a reference. ``df.attrs["skipped"]`` maps each skipped method to the reason.
+        a reference; ``vouched`` is :attr:`Estimate.vouched`. ``df.attrs["skipped"]`` maps
+        each skipped method to the reason.
     """
     registered = estimators.names()
     methods = registered if methods is None else list(methods)
@@ -145,7 +149,10 @@ def compare(
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (method, K): estimate, spread across seeds, mean stderr, ESS,
-    worst k-hat, mean error and seconds."""
+    worst k-hat, mean error and seconds, and whether every seed's stderr is vouched for
+    (rows written before the ``vouched`` column existed are judged by the same rule,
+    :func:`vouched_rows`)."""
+    df = df.assign(vouched=vouched_rows(df))
     g = df.groupby(["method", "K"], sort=True)
     out = g.agg(
         estimate=("estimate", "mean"),
@@ -156,5 +163,22 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         error=("error", "mean"),
         seconds=("seconds", "mean"),
         seeds=("seed", "count"),
+        vouched=("vouched", "all"),
     )
     return out.reset_index()
+
+
+def vouched_rows(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``vouched`` (:attr:`Estimate.vouched`); where a row lacks it (a results file
+    written before the column existed) it is judged by the engine's k-hat/ESS rule."""
+    known = df["vouched"] if "vouched" in df.columns else pd.Series(math.nan, index=df.index)
+
+    def judge(r) -> bool:
+        if isinstance(r.vouched, (bool, np.bool_)):
+            return bool(r.vouched)
+        weighted = r.method in estimators.names() and estimators.get(r.method).weighted \
+            and not estimators.get(r.method).reference
+        return not (weighted and stderr_caveats(r.khat, r.ess, int(r.K)))
+
+    return pd.Series([judge(r) for r in df.assign(vouched=known).itertuples()], index=df.index,
+                     dtype=bool)

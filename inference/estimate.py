@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import pyro
 import torch
@@ -33,6 +33,7 @@ from inference.estimators import Problem
 from inference.plates import resolve
 from inference.scope import resolve_scope
 from inference.target import as_data, as_target, load_fitted, num_datapoints, resolve_device
+from inference.weights import stderr_caveats
 
 #: the built-in methods; :func:`methods` lists every registered one
 METHODS = ("elbo", "is-guide", "is-prior", "exact")
@@ -66,6 +67,10 @@ class Estimate:
     :ivar diagnostics: method-specific checks (e.g. the quadrature's own error estimate).
     :ivar log_weights: with ``keep_weights=True``, every log importance weight: ``[K, N]`` in
         local scope, ``[K]`` in global scope (for PSIS, ``az.loo``-style analyses, plots).
+    :ivar caveats: why the standard error cannot be vouched for, one sentence each (empty when
+        it can): the method's own checks, and for importance-weighted methods a k-hat above
+        its threshold or too small an ESS (:func:`inference.weights.stderr_caveats`). Reports
+        mark such a stderr and read the spread across seeds instead.
     """
 
     method: str
@@ -83,6 +88,12 @@ class Estimate:
     khat_per_datapoint: Optional[torch.Tensor] = None
     diagnostics: Dict[str, float] = dataclasses.field(default_factory=dict)
     log_weights: Optional[torch.Tensor] = None
+    caveats: Tuple[str, ...] = ()
+
+    @property
+    def vouched(self) -> bool:
+        """Whether the standard error can be vouched for (no :attr:`caveats`)."""
+        return not self.caveats
 
     @property
     def mean_per_datapoint(self) -> float:
@@ -97,7 +108,8 @@ class Estimate:
                 f"log_evidence={self.log_evidence:.4f} +- {num(self.stderr, '.4f')} "
                 f"({self.mean_per_datapoint:.4f} per datapoint, N={self.num_datapoints}), "
                 f"ess={num(self.ess, '.4g')}, khat={num(self.khat, '.3g')}, "
-                f"seconds={self.seconds:.3g})")
+                f"seconds={self.seconds:.3g}"
+                f"{'' if self.vouched else ', stderr not vouched for: ' + '; '.join(self.caveats)})")
 
 
 def estimate(
@@ -189,5 +201,8 @@ def estimate(
     with torch.no_grad():
         fields = est.run(problem, **own)
     seconds = time.perf_counter() - t0
+    caveats = tuple(fields.pop("caveats", ()))
+    if est.weighted and not est.reference:
+        caveats += stderr_caveats(fields["khat"], fields["ess"], num_samples)
     return Estimate(method=method, scope=scope, num_datapoints=num_datapoints(data),
-                    seconds=seconds, **fields)
+                    seconds=seconds, caveats=caveats, **fields)

@@ -33,12 +33,29 @@ from torch.utils._pytree import tree_leaves
 from inference.psis import khat_from_top, tail_length  # noqa: F401 (tail_length: re-exported)
 
 
+#: below this effective sample size a standard error from the weights is not trustworthy
+MIN_ESS = 5.0
+
+
 def khat_threshold(num_samples: int) -> float:
     """The k-hat above which a PSIS or IS estimate from ``S`` draws is unreliable,
     ``min(1 - 1 / log10(S), 0.7)`` [2]: with fewer draws, a lighter tail is already too heavy."""
     if num_samples <= 1:
         return -math.inf
     return min(1 - 1 / math.log10(num_samples), 0.7)
+
+
+def stderr_caveats(khat: float, ess: float, num_samples: int) -> Tuple[str, ...]:
+    """Why the standard error of an estimate from ``num_samples`` importance weights with this
+    k-hat and ESS cannot be vouched for (empty where it can): a tail heavier than
+    :func:`khat_threshold` allows [2], or fewer than ``MIN_ESS`` effective samples."""
+    out = []
+    if not math.isnan(khat) and khat > khat_threshold(num_samples):
+        out.append(f"k-hat {khat:.2f} above {khat_threshold(num_samples):.2f}: the weights' tail "
+                   "is too heavy for the stderr; read the spread across seeds")
+    if not math.isnan(ess) and ess < MIN_ESS:
+        out.append(f"ESS {ess:.3g} below {MIN_ESS:g}: too few effective samples for a stderr")
+    return tuple(out)
 
 
 class WeightStats:

@@ -228,3 +228,26 @@ def test_quadrature_far_field_finds_the_mode_the_guide_misses():
         ref = math.log(integrate.quad(f, -10, 10, points=[-xn**0.5, xn**0.5], epsabs=0)[0])
         assert abs(got - ref) < 0.01, (xn, got, ref)
     assert est.diagnostics["far_field_mass_max"] > 0.3
+
+
+def test_estimate_says_whether_its_stderr_is_vouched_for():
+    """A guide far too narrow gives heavy-tailed weights: the estimate carries a caveat and is
+    not vouched for; the exact posterior as guide gives light weights and no caveat. The
+    caveats are the engine's (one rule), and compare's rows carry them as ``vouched``."""
+    x = local_data(50)
+    set_local_guide(x, widen=0.2)  # q 5x too narrow: w has infinite variance (k-hat > 0.7)
+    bad = inference.estimate(LOCAL, x, method="is-guide", num_samples=1000, seed=0)
+    assert bad.khat > 0.7 and not bad.vouched
+    assert any("k-hat" in c for c in bad.caveats)
+    assert "not vouched for" in repr(bad)
+    set_local_guide(x)
+    good = inference.estimate(LOCAL, x, method="is-guide", num_samples=1000, seed=0)
+    assert good.vouched and good.caveats == ()
+    elbo = inference.estimate(LOCAL, x, method="elbo", num_samples=1000, seed=0)
+    assert elbo.vouched  # its stderr is that of an average of log w: no tail rule
+    rows = inference.compare(LOCAL, x, methods=["is-guide"], num_samples=[1000], seeds=[0])
+    assert rows["vouched"].tolist() == [True]
+    summary = inference.summarise(rows.assign(vouched=[False]))
+    assert summary["vouched"].tolist() == [False]
+    legacy = inference.summarise(rows.drop(columns="vouched").assign(khat=0.9))
+    assert legacy["vouched"].tolist() == [False]  # old files: judged by the same rule

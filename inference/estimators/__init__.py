@@ -102,7 +102,9 @@ class Estimator:
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:  # pragma: no cover
         """The :class:`inference.Estimate` fields ``num_samples``, ``log_evidence``, ``stderr``,
         ``ess``, ``khat`` and, in local scope, the ``*_per_datapoint`` tensors and
-        ``diagnostics``."""
+        ``diagnostics``; optionally ``caveats``, a sequence of sentences saying why the
+        stderr cannot be vouched for (e.g. a failed check of the method's own), to which
+        :func:`inference.estimate` adds the k-hat/ESS rule for ``weighted`` methods."""
         raise NotImplementedError
 
 

@@ -25,9 +25,7 @@ import zoo
 from inference import estimators
 from inference.compare import summarise
 from inference.io import write_text
-from inference.weights import khat_threshold
-
-MIN_ESS = 5.0
+from inference.weights import MIN_ESS
 
 LEGEND = """\
 How to read the tables:
@@ -125,7 +123,7 @@ def estimate_table(rows: pd.DataFrame):
                        f"(reference) | - | - | {r.seconds:.3f} |")
             continue
         stderr = _fmt(r.stderr, ".2f")
-        if stderr != "-" and weighted(r.method) and untrusted(r.khat, r.ess, int(r.K)):
+        if stderr != "-" and not r.vouched:
             stderr += " !"
             used.add("!")
         if r.K == 1:
@@ -140,8 +138,9 @@ def estimate_table(rows: pd.DataFrame):
                    f"{khat} | {r.seconds:.3f} |")
     notes = []
     if "!" in used:
-        notes.append("`!` stderr not trustworthy here (k-hat above min(1 - 1/log10(K), 0.7) or "
-                     f"ESS below {MIN_ESS:g}): use the spread across seeds.")
+        notes.append("`!` stderr not vouched for by the estimate itself (`Estimate.caveats`: e.g. "
+                     f"k-hat above min(1 - 1/log10(K), 0.7) or ESS below {MIN_ESS:g}): use the "
+                     "spread across seeds.")
     if "*" in used:
         notes.append("`n/a *` k-hat: too few samples to fit a tail (needs K >= 25).")
     return out, notes
@@ -254,15 +253,6 @@ def reference_notes(rows: pd.DataFrame) -> List[str]:
 
 def is_reference(method: str) -> bool:
     return method in inference.methods() and estimators.get(method).reference
-
-
-def weighted(method: str) -> bool:
-    """Whether ``method``'s standard error rests on importance weights (and so on k-hat)."""
-    return method in inference.methods() and estimators.get(method).weighted
-
-
-def untrusted(khat: float, ess: float, K: int) -> bool:
-    return (not math.isnan(khat) and khat > khat_threshold(K)) or (not math.isnan(ess) and ess < MIN_ESS)
 
 
 def _fmt(x: Optional[float], spec: str) -> str:
