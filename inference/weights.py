@@ -155,7 +155,8 @@ def pareto_khat(top: torch.Tensor, num_samples: int, budget_bytes: int) -> torch
     index = regular.nonzero().squeeze(-1)
     for chunk in index.split(rows):
         tail = shifted[:num_tail, chunk].T.flip(-1)  # [rows, M], ascending
-        excess = tail.exp() - cutoff[chunk].exp().unsqueeze(-1)
+        low = cutoff[chunk].unsqueeze(-1)
+        excess = low.exp() * (tail - low).expm1()  # no cancellation (inference.psis.excess)
         out[chunk] = _gpd_shape(excess)
     irregular = (~regular).nonzero().squeeze(-1)
     if len(irregular):

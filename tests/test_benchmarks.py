@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end (small settings) and print well-formed tables. Their
 timings are not checked: speed is measured in benchmarks/, never asserted in tests."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +24,21 @@ def rows(stdout):
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
 
 
+def number(cell):
+    """A table cell that must hold a finite, non-negative number (a timing or a ratio of
+    timings, which may round to 0.00 on a fast machine: its size is never asserted)."""
+    value = float(cell)
+    assert math.isfinite(value) and value >= 0, cell
+    return value
+
+
 def test_bench_iwae_quick():
     table = rows(run("bench_iwae.py", "--quick", "-K", "50", "--repeats", "1"))
     assert [r[0] for r in table][:3] == [
         "inference.estimate is-guide", "hand-written PyTorch", "of which PSIS k-hat"]
     assert table[1][7] == "1.00"  # ratios are to the hand-written evaluator
-    assert all(float(r[7]) > 0 for r in table)
+    for r in table:
+        number(r[7])
 
 
 def test_bench_svi_quick():
@@ -37,18 +47,22 @@ def test_bench_svi_quick():
         (b, c) for b in ("128", "1024")
         for c in ("hand-written PyTorch", "inference.fit", "inference.fit, no terms",
                   "JitTrace_ELBO")}
-    assert all(float(r[5]) > 0 for r in table)
+    for r in table:
+        number(r[5])
 
 
 @pytest.mark.slow
 def test_bench_memory_small():
     table = rows(run("bench_memory.py", "--n", "20", "-K", "1", "-K", "200"))
     assert [(r[0], r[1]) for r in table] == [("1", "20"), ("200", "20")]
-    assert all(float(r[3]) > 0 for r in table)
+    for r in table:
+        number(r[3])
 
 
 def test_bench_ais_quick():
     table = rows(run("bench_ais.py", "--quick"))
     assert [r[0] for r in table] == ["inference.estimate ais", "inference.estimate ais, jit=True",
                                      "hand-written PyTorch"]
-    assert table[2][8] == "1.00" and float(table[0][8]) > 0 and float(table[1][8]) > 0
+    assert table[2][8] == "1.00"
+    for r in table:
+        number(r[8])
