@@ -167,6 +167,42 @@ def _images(t, array):
     return path
 
 
+def _linked_estimates(fitted, t):
+    """estimates.csv a link to another run's (it would be read and appended to)."""
+    other = _with_estimates(fitted, t)
+    run = shutil.copytree(fitted / "gaussian", t / "second")
+    os.symlink(other / "estimates.csv", run / "estimates.csv")
+    return run
+
+
+def _linked(folder, name, t):
+    """``folder/name`` moved to ``t`` and a symbolic link to it left in its place."""
+    shutil.move(folder / name, t / f"moved-{name}")
+    os.symlink(t / f"moved-{name}", folder / name)
+    return folder
+
+
+def _huge(folder, name, size):
+    """``folder/name`` replaced by a sparse file of ``size`` bytes."""
+    (folder / name).unlink(missing_ok=True)
+    _sparse(folder / name, size)
+    return folder
+
+
+def _linked_results(fitted, t):
+    out = _compare_run(fitted, t)
+    (t / "other.csv").write_text("model,split,method,K,seed\n")
+    os.symlink(t / "other.csv", out / "results.csv")
+    return out
+
+
+def _fifo_run(fitted, t):
+    out = _compare_run(fitted, t)
+    (out / "run.json").unlink()
+    os.mkfifo(out / "run.json")
+    return out
+
+
 FIT = ["fit", "--no-progress"]
 O = "--option"
 # name: (argv builder (tmp_path, fitted) -> argv, fragment the one line must contain)
@@ -321,9 +357,12 @@ CASES = {
                                            "--method", "exact"], "not a regular file"),
     "estimates.csv a link": (lambda t, f: ["estimate", _linked_estimates(f, t), "--method",
                                            "exact"], "is a symbolic link"),
-    "state.pt a link": (lambda t, f: ["estimate", _linked_state(f, t)], "is a symbolic link"),
-    "config.json huge": (lambda t, f: ["estimate", _huge_config(f, t)], "more than the"),
-    "estimates.csv huge": (lambda t, f: ["estimate", _huge_estimates(f, t)], "more than the"),
+    "state.pt a link": (lambda t, f: ["estimate", _linked(_copy(f, t), "state.pt", t)],
+                         "is a symbolic link"),
+    "config.json huge": (lambda t, f: ["estimate", _huge(_copy(f, t), "config.json", 2 << 20)],
+                         "more than the"),
+    "estimates.csv huge": (lambda t, f: ["estimate", _huge(_copy(f, t), "estimates.csv", 300 << 20)],
+                           "more than the"),
     "other data, wrong columns": (lambda t, f: ["estimate", _copy(f, t), "--data", _write(
         t, "w.csv", "1,2,3\n4,5,6\n7,8,9\n")], "its datapoints have shape"),
     "estimate start=bogus": (lambda t, f: ["estimate", _edit_config(
@@ -390,7 +429,7 @@ CASES = {
     "compare run.json a FIFO": (lambda t, f: ["compare", "map_l2", "--quick", "--resume", "--out",
                                               _fifo_run(f, t)], "not a regular file"),
     "compare model folder a link": (lambda t, f: ["compare", "map_l2", "--quick", "--resume",
-                                                  "--out", _linked_model(f, t)],
+                                                  "--out", _linked(_compare_run(f, t), "map_l2", t)],
                                     "is a symbolic link"),
     "compare planted state": (lambda t, f: ["compare", "map_l2", "--quick", "--resume", "--out",
                                             _compare_run(f, t, state="planted")],
@@ -404,53 +443,6 @@ CASES = {
                                             _compare_run(f, t, guide="map")],
                               "was fitted for model options"),
 }
-
-
-def _linked_estimates(fitted, t):
-    """estimates.csv a link to another run's (it would be read and appended to)."""
-    other = _with_estimates(fitted, t)
-    run = shutil.copytree(fitted / "gaussian", t / "second")
-    os.symlink(other / "estimates.csv", run / "estimates.csv")
-    return run
-
-
-def _linked_state(fitted, t):
-    run = _copy(fitted, t)
-    shutil.move(run / "state.pt", t / "state.pt")
-    os.symlink(t / "state.pt", run / "state.pt")
-    return run
-
-
-def _huge_config(fitted, t):
-    run = _copy(fitted, t)
-    (run / "config.json").unlink()
-    _sparse(run / "config.json", 2 << 20)
-    return run
-
-
-def _huge_estimates(fitted, t):
-    return _sparse(_copy(fitted, t) / "estimates.csv", 300 << 20).parent
-
-
-def _linked_results(fitted, t):
-    out = _compare_run(fitted, t)
-    (t / "other.csv").write_text("model,split,method,K,seed\n")
-    os.symlink(t / "other.csv", out / "results.csv")
-    return out
-
-
-def _fifo_run(fitted, t):
-    out = _compare_run(fitted, t)
-    (out / "run.json").unlink()
-    os.mkfifo(out / "run.json")
-    return out
-
-
-def _linked_model(fitted, t):
-    out = _compare_run(fitted, t)
-    shutil.move(out / "map_l2", t / "elsewhere")
-    os.symlink(t / "elsewhere", out / "map_l2")
-    return out
 
 
 def assert_refused(argv, fragment, tmp_path):

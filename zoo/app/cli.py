@@ -24,7 +24,7 @@ checkpoint, and ``estimate`` run again appends only the rows ``estimates.csv`` l
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``fit`` and ``estimate`` run data-parallel, and rank 0
 alone writes the folder (:mod:`inference.distributed`).
 
-(About 440 lines: one parser and one short function per command; the work they call lives in
+(About 490 lines: one parser and one short function per command; the work they call lives in
 :mod:`zoo.app.jobs`, :mod:`zoo.app.report` and :mod:`zoo.app.heldout`.)
 """
 
