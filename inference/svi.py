@@ -354,7 +354,8 @@ def _check_settings(*, steps, num_particles, batch_size, checkpoint_every, seed,
     if lr is not None and not (isinstance(lr, numbers.Real) and not isinstance(lr, bool)
                                and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0 (Adam's step size, e.g. 0.01), got "
-                         f"{lr!r}")
+                         f"{lr!r}; to hold the parameters fixed on purpose, pass an optimiser "
+                         "of step size 0, e.g. optim=pyro.optim.SGD({'lr': 0.0})")
 
 
 HELDOUT_COLUMNS = ("step", "heldout_loss", "heldout_loss_per_datapoint")
