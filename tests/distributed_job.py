@@ -6,6 +6,7 @@ alone with ``WORLD_SIZE=1`` for the single-process references. Every check share
     python tests/distributed_job.py OUT
 """
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -55,9 +56,10 @@ def fits(out: Path, rank: int) -> dict:
 
     r = inference.fit(zoo.get("gmm"), zoo.get("gmm").load_data(), **CURVE, distributed=True)
     got["curve"] = r.losses["loss"].to_numpy()
-    # checkpoint and resume: Ctrl-C right after the checkpoint of step 10, then rerun
+    # checkpoint and resume: Ctrl-C right after the checkpoint of step 10, then rerun; 3
+    # batches of 12 an epoch, so step 10 is inside an epoch (its permutation half used)
     pair = (toy.local_model, toy.local_guide)
-    settings = dict(steps=20, batch_size=20, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
+    settings = dict(steps=20, batch_size=12, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
     whole = inference.fit(pair, x, checkpoint=out / "whole.pt", **settings)
     real = svi_module._checkpoint
 
@@ -66,16 +68,48 @@ def fits(out: Path, rank: int) -> dict:
         if args[4] == 10:
             raise KeyboardInterrupt
 
-    svi_module._checkpoint = stop_at_10
-    try:
-        inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
-    except KeyboardInterrupt:
-        pass
-    svi_module._checkpoint = real
+    with replaced(svi_module, "_checkpoint", stop_at_10):
+        try:
+            inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
+        except KeyboardInterrupt:
+            pass
     resumed = inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
     got["resume"] = (whole.state["params"], resumed.state["params"],
                      whole.losses["loss"].to_numpy(), resumed.losses["loss"].to_numpy())
     return got
+
+
+@contextlib.contextmanager
+def replaced(module, name, value):
+    real = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+#: ``ppzoo fit vae`` of 60 steps: checkpoints at step 50, inside an epoch of 3 batches
+VAE = ["fit", "vae", "--subset", "30", "--batch-size", "10", "--steps", "60", "--seed", "3",
+       "--no-progress"]
+
+
+def cli_resume(out: Path) -> tuple:
+    """``ppzoo fit vae`` whole; the same, Ctrl-C on every rank after its checkpoint of step
+    50 (as torchrun passes SIGINT on), then ``--resume``: the exit statuses."""
+    from zoo.app import cli
+
+    whole = cli.main(VAE + ["--out", str(out / "vae-whole")])
+    real = svi_module._checkpoint
+
+    def stop_at_50(*args):
+        real(*args)
+        if args[4] == 50:
+            raise KeyboardInterrupt
+
+    with replaced(svi_module, "_checkpoint", stop_at_50):
+        cut = cli.main(VAE + ["--out", str(out / "vae-cut")])
+    return whole, cut, cli.main(VAE + ["--out", str(out / "vae-cut"), "--resume"])
 
 
 def estimates() -> dict:
@@ -113,6 +147,7 @@ def main(out: Path) -> None:
     got["cli"] = (cli.main(["fit", "gmm", "--out", run, "--steps", "10", "--no-progress"]),
                   cli.main(["estimate", run, "--method", "is-guide", "--method", "elbo",
                             "-K", "20", "--seeds", "1", "--no-progress"]))
+    got["cli resume"] = cli_resume(out)
     t.append(time.perf_counter())
     got["seconds"] = list(np.diff(t))
     torch.save(got, out / f"rank{w.rank}.pt")

@@ -103,6 +103,22 @@ def test_checkpoint_resume_under_two_ranks(ranks):
     assert not list(out.glob("*.tmp"))
 
 
+def test_cli_fit_under_torchrun_resumes_exactly(ranks):
+    """``ppzoo fit vae`` interrupted after its checkpoint inside an epoch, then resumed:
+    bitwise the weights and losses of the uninterrupted 2-process fit."""
+    (r0, r1), out = ranks
+    assert r0["cli resume"] == r1["cli resume"] == (0, 130, 0)
+    whole, cut = (torch.load(out / d / "state.pt", weights_only=True)
+                  for d in ("vae-whole", "vae-cut"))
+    assert whole["networks"] and whole["networks"].keys() == cut["networks"].keys()
+    for net in whole["networks"]:
+        for k, w in whole["networks"][net].items():
+            assert torch.equal(w, cut["networks"][net][k]), (net, k)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "vae-cut" / "losses.csv"),
+                                  pd.read_csv(out / "vae-whole" / "losses.csv"), check_exact=True)
+    assert not (out / "vae-cut" / "checkpoint.pt").exists()
+
+
 def test_local_estimate_does_not_depend_on_the_number_of_processes(ranks):
     (r0, r1), _ = ranks
     x = toy.local_data(300)
