@@ -7,6 +7,8 @@ alone with ``WORLD_SIZE=1`` for the single-process references. Every check share
 """
 
 import contextlib
+import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +114,47 @@ def cli_resume(out: Path) -> tuple:
     return whole, cut, cli.main(VAE + ["--out", str(out / "vae-cut"), "--resume"])
 
 
+def refused(argv, env=None) -> tuple:
+    """``ppzoo argv`` on this rank (with ``env`` set meanwhile): (exit status, stderr)."""
+    from zoo.app import cli
+
+    err, env = io.StringIO(), env or {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main([str(a) for a in argv])
+            except SystemExit as e:  # argparse's own errors
+                rc = e.code
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return rc, err.getvalue()
+
+
+def refusals(out: Path, rank: int) -> dict:
+    """ppzoo commands refused by one rank, or by every rank: each rank's (exit status,
+    stderr). A rank that stops must not leave the others waiting (tests/test_distributed.py)."""
+    fit = ["fit", "gmm", "--steps", "5", "--no-progress", "--out"]
+    alone = ["--steps", "-3"] if rank else []
+    got = {"steps": refused(fit + [out / "steps"] + alone,
+                            {"TORCHELASTIC_ERROR_FILE": str(out / f"error{rank}.json")}),
+           "data": refused(fit + [out / "data"] + (["--data", out / "no.csv"] if rank else [])),
+           "parse": refused(fit + [out / "parse"] + (["--steps", "x"] if rank else [])),
+           "kl": refused(fit + [out / "kl", "--kl-weight", "2"]),
+           "every rank": refused(fit + [out / "every", "--steps", "-3"]),
+           "estimate": refused(["estimate", out / "run", "-K", "0" if rank else "5",
+                                "--no-progress"])}
+    # rank 1 stops before its checks: rank 0 waits 2 s for its word, not forever
+    if rank == 0:
+        got["absent"] = refused(fit + [out / "absent"], {"PPZOO_DIST_TIMEOUT": "2"})
+    torch.distributed.barrier()
+    if rank == 1:
+        parallel.agree(None)  # the round rank 0 waited for in vain: the ranks in step again
+    return got
+
+
 def estimates() -> dict:
     got = {}
     x = toy.local_data(300)
@@ -148,6 +191,7 @@ def main(out: Path) -> None:
                   cli.main(["estimate", run, "--method", "is-guide", "--method", "elbo",
                             "-K", "20", "--seeds", "1", "--no-progress"]))
     got["cli resume"] = cli_resume(out)
+    got["refusals"] = refusals(out, w.rank)
     t.append(time.perf_counter())
     got["seconds"] = list(np.diff(t))
     torch.save(got, out / f"rank{w.rank}.pt")
