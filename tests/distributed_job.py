@@ -63,14 +63,7 @@ def fits(out: Path, rank: int) -> dict:
     pair = (toy.local_model, toy.local_guide)
     settings = dict(steps=20, batch_size=12, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
     whole = inference.fit(pair, x, checkpoint=out / "whole.pt", **settings)
-    real = svi_module._checkpoint
-
-    def stop_at_10(*args):
-        real(*args)
-        if args[4] == 10:
-            raise KeyboardInterrupt
-
-    with replaced(svi_module, "_checkpoint", stop_at_10):
+    with interrupted_after(10):
         try:
             inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
         except KeyboardInterrupt:
@@ -82,13 +75,20 @@ def fits(out: Path, rank: int) -> dict:
 
 
 @contextlib.contextmanager
-def replaced(module, name, value):
-    real = getattr(module, name)
-    setattr(module, name, value)
+def interrupted_after(step: int):
+    """Ctrl-C (KeyboardInterrupt) right after the checkpoint of ``step``, on every rank."""
+    real = svi_module._checkpoint
+
+    def stop(*args):
+        real(*args)
+        if args[4] == step:
+            raise KeyboardInterrupt
+
+    svi_module._checkpoint = stop
     try:
         yield
     finally:
-        setattr(module, name, real)
+        svi_module._checkpoint = real
 
 
 #: ``ppzoo fit vae`` of 60 steps: checkpoints at step 50, inside an epoch of 3 batches
@@ -102,14 +102,7 @@ def cli_resume(out: Path) -> tuple:
     from zoo.app import cli
 
     whole = cli.main(VAE + ["--out", str(out / "vae-whole")])
-    real = svi_module._checkpoint
-
-    def stop_at_50(*args):
-        real(*args)
-        if args[4] == 50:
-            raise KeyboardInterrupt
-
-    with replaced(svi_module, "_checkpoint", stop_at_50):
+    with interrupted_after(50):
         cut = cli.main(VAE + ["--out", str(out / "vae-cut")])
     return whole, cut, cli.main(VAE + ["--out", str(out / "vae-cut"), "--resume"])
 

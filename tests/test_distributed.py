@@ -131,7 +131,8 @@ def test_a_rank_refusing_its_input_stops_every_rank_with_one_line(ranks):
     assert all(err == "" for _, err in g1.values()), g1  # local rank 1 keeps quiet
     assert all(line.startswith("ppzoo: error: ") and line.count("\n") == 1
                for line in lines.values()), lines
-    assert lines["steps"] == "ppzoo: error: on rank 1 of 2: --steps must be an integer >= 1, got -3\n"
+    assert lines["steps"] == ("ppzoo: error: on rank 1 of 2: --steps must be an integer >= 1, "
+                              "got -3\n")
     assert lines["data"].startswith(f"ppzoo: error: on rank 1 of 2: {out / 'no.csv'}")
     assert lines["parse"] == ("ppzoo: error: on rank 1 of 2: argument --steps: invalid int value: "
                               "'x'; see ppzoo fit --help\n")
