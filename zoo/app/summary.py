@@ -75,13 +75,23 @@ def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
 def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
     config = read_json(folder / "config.json") or {}
     fit = config.get("fit", {})
-    cls = zoo.model_class(name) if name in zoo.names() else None
+    source = config.get("source")
+    cls = zoo.model_class(name) if name in zoo.names() and not source else None
     lines = [f"## {name}", ""]
     if cls is not None and cls.job.why:
         lines += [f"Setup: {cls.job.why}.", ""]
+    if isinstance(source, dict):
+        reference = (f"`{source['log_evidence']}(*data)` from the file"
+                     if source.get("log_evidence") else "none given (the engine's enumeration "
+                     "or quadrature where the model allows one)")
+        lines += [f"Model: `{source.get('model')}` and `{source.get('guide')}` from "
+                  f"`{source.get('file')}` (SHA-256 {str(source.get('sha256'))[:12]}), data "
+                  f"`{config.get('data')}`; exact reference: {reference}.", ""]
     if "final_loss_per_datapoint" in fit:
-        options = ", ".join(f"{k}={v}" for k, v in config.get("options", {}).items()) or "defaults"
-        lines += [f"Fit: model options {options}; {fit['steps']} SVI steps, learning rate "
+        options = ", ".join(f"{k}={v}" for k, v in config.get("options", {}).items())
+        options = (f"keyword arguments {options or 'none'}" if source else
+                   f"model options {options or 'defaults'}")
+        lines += [f"Fit: {options}; {fit['steps']} SVI steps, learning rate "
                   f"{fit['lr']} decaying to {fit['lr'] * fit['lr_decay']:.3g}, "
                   f"{fit.get('num_particles', 1)} particle(s) per step, batch "
                   f"{fit['batch_size'] or 'all'}, {config.get('subset') or 'all'} datapoints; "
