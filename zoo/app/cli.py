@@ -87,6 +87,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     import zoo
 
     width = max(40, min(shutil.get_terminal_size().columns, 100))
+    if args.methods:
+        import inference
+        from inference import estimators
+
+        for name in inference.methods():
+            print(name)
+            print(textwrap.fill(estimators.get(name).summary, width, initial_indent="  ",
+                                subsequent_indent="    "))
+        return 0
     for e in (zoo.get(name) for name in zoo.names()):
         print(e.name)
         for label, text in (("", e.summary), ("data: ", e.default_data),
@@ -409,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("list", help="registered models: summary, default data, exact references")
+    ls = sub.add_parser("list", help="registered models: summary, default data, exact "
+                                     "references (--methods: the estimators)")
+    ls.add_argument("--methods", action="store_true",
+                    help="list the registered estimators (the --method names) instead")
 
     common = _Parser(add_help=False)
     common.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -462,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimating = _Parser(add_help=False)
     estimating.add_argument("--method", action="append", metavar="M",
-                            help=f"{METHOD_NAMES}; repeat for several (default: all)")
+                            help=f"{METHOD_NAMES} (see ppzoo list --methods); repeat for "
+                                 "several (default: all)")
     estimating.add_argument("-K", action="append", type=int, metavar="K",
                             help="number of samples; repeat for several (default: 1 10 100 "
                                  "1000; compare: the model's job's)")
