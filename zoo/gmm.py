@@ -90,7 +90,7 @@ class GaussianMixture(ZooModel):
     references = ("none for log p(X); per datapoint given the globals, by enumerating the "
                   "assignments (scope='local')",)
     job = Job(options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global", test_fraction=0.0,
-              methods=("exact", "elbo", "is-guide", "is-prior"),  # smc: 40 s an estimate at K=100
+              methods=("exact", "elbo", "is-guide", "is-prior"),  # smc: too slow at K = 100
               why="mean-field guide over the globals (assignments summed out); is-guide "
                   "symmetrises the guide over the 3! component relabellings",
               quick=dict(QUICK, steps=300, methods=("exact", "elbo", "is-guide", "is-prior")))
