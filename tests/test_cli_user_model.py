@@ -331,6 +331,10 @@ BAD = ["missing file", "not python", "syntax error", "raises on load", "exits on
        "too many tensors", "wrong shape", "unknown column", "no data"]
 
 
+def test_every_bad_case_is_run(tmp_path):
+    assert sorted(_bad_files(tmp_path)) == sorted(BAD)
+
+
 @pytest.mark.parametrize("command", ["fit", "compare"])
 @pytest.mark.parametrize("case", BAD)
 def test_a_bad_file_is_one_line_exit_2_and_nothing_written(case, command, tmp_path):
@@ -341,3 +345,37 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_written(case, command, tmp_pa
     before = sorted(os.listdir(tmp_path))
     refused(argv, message)
     assert sorted(os.listdir(tmp_path)) == before  # no run folder, no stray file
+
+
+MISUSE = {
+    "zoo model and --model": (["fit", "gmm", "--model", "{model}", "--data", "{csv}"],
+                              "name one model: gmm or --model"),
+    "neither": (["fit", "--data", "{csv}"], "name one model: a zoo model"),
+    "both in compare": (["compare", "gmm", "--model", "{model}", "--data", "{csv}"],
+                        "not both; compare them in two runs"),
+    "--columns for a zoo model": (["fit", "gmm", "--columns", "x"], "--columns describes your own"),
+    "--option in a zoo compare": (["compare", "gmm", "--option", "K=2"], "--option goes with --model"),
+    "--data in a zoo compare": (["compare", "gmm", "--data", "{csv}"], "--data goes with --model"),
+    "bad -K": (["compare", "--model", "{model}", "--data", "{csv}", "-K", 0], "-K must be"),
+    "bad --test-fraction": (["compare", "gmm", "--test-fraction", 1.0], "--test-fraction must be"),
+    "bad --steps": (["compare", "gmm", "--steps", 0], "--steps must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISUSE))
+def test_flags_of_the_other_kind_of_model_are_refused_in_one_line(case, tmp_path):
+    model = write(tmp_path, "local.py", LOCAL)
+    csv, _ = local_data(tmp_path)
+    argv, message = MISUSE[case]
+    argv = [str(a).format(model=model, csv=csv) for a in argv] + ["--out", tmp_path / "run"]
+    refused(argv, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_flags_replace_a_zoo_models_job(tmp_path):
+    out = tmp_path / "run"
+    ok(["compare", "map_l2", "--quick", "--steps", 40, "--method", "exact", "--method",
+        "is-guide", "-K", 7, "--seeds", 1, "--out", out])
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(zip(df["method"], df["K"], df["seed"])) == [("exact", 0, 0), ("is-guide", 7, 0)]
+    assert json.loads((out / "map_l2" / "config.json").read_text())["fit"]["steps"] == 40
