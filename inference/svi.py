@@ -46,6 +46,7 @@ from inference.checkpoints import (HELDOUT_FILE, LOSS_FILE, STATE_FILE, load_fit
                                    save_fit)
 from inference.checkpoints import checkpoint as _checkpoint
 from inference.checkpoints import resume as _resume
+from inference.compiled import CompiledStep, why_not
 from inference.io import PathLike
 from inference.plates import ScaleToFull, on_datapoints, resolve
 from inference.target import (
@@ -77,6 +78,11 @@ class FitResult:
     :ivar seconds: wall time of the optimisation.
     :ivar heldout: with ``fit(heldout=...)``: one row per evaluation, ``step`` (steps done),
         ``heldout_loss`` (negative ELBO of the held-out data) and its ``_per_datapoint``.
+    :ivar diagnostics: how the steps ran (:mod:`inference.compiled`): ``compiled_steps`` (taken
+        by the compiled step; the first step of a run is always eager), ``not_compiled`` (why
+        the other steps ran eagerly, e.g. ``"compile=False"``; ``None`` when all but the first
+        were compiled), ``compile_seconds`` (tracing and the check) and ``compile_check`` (the
+        largest relative difference of compiled and eager step at the check; 0: equal).
     """
 
     target: Target
@@ -84,6 +90,7 @@ class FitResult:
     state: Dict[str, Any]
     seconds: float
     heldout: Optional[pd.DataFrame] = None
+    diagnostics: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def save(self, folder: PathLike) -> Path:
         return save_fit(self, folder)
@@ -94,9 +101,11 @@ class FitResult:
         size = sum(t.numel() for t in self.state.get("params", {}).values())
         size += sum(t.numel() for sd in self.state.get("networks", {}).values()
                     for t in sd.values())
+        why = self.diagnostics.get("not_compiled")
+        how = "compiled" if why is None else f"eager: {why}"
         return (f"FitResult({self.target.name!r}, steps={len(self.losses)}, "
                 f"final -ELBO per datapoint={final} (mean of the last {len(tail)}), "
-                f"{size} fitted numbers, seconds={self.seconds:.3g})")
+                f"{size} fitted numbers, seconds={self.seconds:.3g}, {how})")
 
 
 class FusedAdam:
@@ -177,6 +186,7 @@ def fit(
     heldout_every: int = 100,
     kwargs: Optional[Dict[str, Any]] = None,
     distributed: bool = False,
+    compile: bool = True,  # noqa: A002 -- the option's natural name (as torch.compile)
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
 
@@ -218,6 +228,11 @@ def fit(
     :param distributed: data-parallel over the processes ``torchrun`` started
         (:mod:`inference.distributed`): each takes its shard of every global minibatch of
         ``batch_size``, gradients are all-reduced, only rank 0 writes the checkpoint.
+    :param compile: take the steps after the first with the compiled step
+        (:mod:`inference.compiled`: the step's ELBO traced once and checked against the eager
+        one; the same losses and parameters, without Pyro's per-step Python) wherever it
+        applies; where it does not, the steps run eagerly and
+        ``FitResult.diagnostics["not_compiled"]`` says why. ``False``: every step eager.
     """
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
@@ -302,18 +317,18 @@ def fit(
         parallel.start(world, elbo, model, guide, tgt, data, handler)
 
     show = (sys.stderr.isatty() if progress is None else progress) and world.writer
-    bar = tqdm(range(start, steps), desc=f"fit {tgt.name}", disable=not show, leave=False)
-    t0 = time.perf_counter()
-    validated = False
-    for step in bar:
-        chosen, batch = on_datapoints(tgt, data, next(batches))
-        handler.indices = chosen.indices
-        # The first step runs Pyro's argument and model/guide checks; the structure is static,
-        # so later steps skip them (they cost about a third of a small model's step).
-        with pyro.validation_enabled(is_validation_enabled() and not validated), terms.step():
-            value = svi.step(*batch)
-        validated = True
-        rows.append(terms.row(step, value))
+    bar = tqdm(total=steps - start, desc=f"fit {tgt.name}", disable=not show, leave=False)
+    why = why_not(elbo, tgt.networks, steps - start) if compile else "compile=False"
+    compiler = fast = None if why is not None else CompiledStep(
+        svi, elbo, model, guide, handler, terms, data, tgt.data_access == "whole", svi is optim)
+
+    def due(step: int) -> bool:  # whether after(step) has more to do than count the step
+        return step % 50 == 0 and show or heldout is not None and (
+            (step + 1) % heldout_every == 0 or step + 1 == steps) or checkpoint is not None and (
+            (step + 1) % checkpoint_every == 0)
+
+    def after(step: int, taken: int = 1) -> None:  # rows holds the step's row
+        bar.update(taken)
         if step % 50 == 0:
             bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
         if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
@@ -321,6 +336,31 @@ def fit(
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
             _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns,
                         held, world)
+
+    t0 = time.perf_counter()
+    validated = False
+    step = start
+    while step < steps:
+        indices = next(batches)
+        if fast is not None and fast.graph is not None:
+            step, indices = fast.run(step, steps, indices, batches, rows, due, after)
+            if step == steps:
+                break
+            why, fast = fast.reason, None  # this step and the rest run eagerly
+        chosen, batch = on_datapoints(tgt, data, indices)
+        handler.indices = chosen.indices
+        # The first step runs Pyro's argument and model/guide checks; the structure is static,
+        # so later steps skip them (they cost about a third of a small model's step).
+        with pyro.validation_enabled(is_validation_enabled() and not validated), terms.step():
+            value = svi.step(*batch)
+        validated = True
+        rows.append(terms.row(step, value))
+        after(step)
+        if fast is not None and fast.graph is None:  # compile the steps after the first
+            why = fast.trace(indices)
+            fast = fast if why is None else None
+        step += 1
+    bar.close()
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
@@ -330,7 +370,9 @@ def fit(
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
-    result = FitResult(tgt, losses, param_state(tgt, data), seconds)
+    result = FitResult(tgt, losses, param_state(tgt, data), seconds, diagnostics=dict(
+        compiler.diagnostics if compiler is not None else {"compiled_steps": 0},
+        not_compiled=why))
     if heldout is not None:
         result.heldout = pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
     return result

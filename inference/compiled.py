@@ -1,0 +1,364 @@
+"""The compiled SVI step: the ELBO of :func:`inference.fit` traced once and run as a graph.
+
+A small model's SVI step is mostly Python: Pyro runs the guide and the model through its
+handler stack, builds a distribution object per site and computes every ``log_prob`` from
+Python, at every step [1]. When model and guide trace to a fixed structure -- the same sites,
+plates and shapes at every step, the usual case -- that work can be recorded once. After the
+first step (eager: it creates the parameters and runs Pyro's checks), :class:`CompiledStep`
+records the step's loss with :func:`torch.jit.trace` as a function of the minibatch indices,
+the data and every parameter, and later steps run that graph in TorchScript's interpreter with
+its optimisations off: the same ATen operations, each recorded for autograd as when called
+from Python, without the Python. The graph holds the sampling operations themselves, so every
+step draws from torch's global RNG as the eager step does.
+
+**What it vouches for.** The compiled step computes what the eager step computes, bit for bit:
+the same operations on the same values in the same order (the loss's float64 accumulation
+too: Pyro's ``torch_item``, which would freeze the loss into a constant of the trace, is
+kept as a float64 tensor while tracing). That is checked once, not assumed: traced at one
+step's minibatch with the RNG shifted, the graph is run at the next step's, and its loss, its
+two ELBO terms, every gradient and the RNG state after it must equal those of the eager
+function there (to 1e-5 relative; they are equal). A model whose Python depends on values --
+a branch on a sampled latent, indices turned into Python numbers -- fails the check, or
+tracing itself, and the fit goes on eagerly with the reason in
+``FitResult.diagnostics["not_compiled"]``. So a compiled fit takes the steps an eager fit
+takes (tests hold the losses and parameters equal), and a checkpoint resumes either way.
+
+Not compiled (eager, the reason recorded): another ELBO than ``Trace_ELBO``,
+``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` (a subclass may compute another loss), networks
+with buffers (BatchNorm statistics a graph would not update), fewer than :data:`MIN_STEPS`
+steps to take, ``fit(compile=False)``, and a batch of another size than the traced one.
+
+References
+
+[1] Bingham et al. (2019), Pyro: Deep Universal Probabilistic Programming, JMLR (the effect
+    handlers a step runs through).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+import random
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import pyro
+import pyro.infer.trace_elbo
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import zero_grads
+from pyro.poutine.messenger import Messenger
+
+#: below this many steps to take, tracing and the check (about as long as 20 to 50 eager steps
+#: of the zoo's models) cost more than they save
+MIN_STEPS = 50
+_ELBOS = (Trace_ELBO, TraceMeanField_ELBO, TraceEnum_ELBO)
+_RTOL = 1e-5
+
+
+def why_not(elbo, networks: Dict[str, torch.nn.Module], steps_left: int) -> Optional[str]:
+    """Why a fit cannot take the compiled step, known before any step (``None``: it can)."""
+    if type(elbo) not in _ELBOS:
+        return (f"the loss is a {type(elbo).__name__}; the compiled step knows Trace_ELBO, "
+                "TraceMeanField_ELBO and TraceEnum_ELBO (a subclass may compute another loss)")
+    held = [name for name, net in networks.items() if next(net.buffers(), None) is not None]
+    if held:
+        return (f"network {held[0]!r} has buffers (e.g. BatchNorm running statistics), which a "
+                "compiled step would not update")
+    if steps_left < MIN_STEPS:
+        return f"{steps_left} steps to take: below {MIN_STEPS}, compiling costs more than it saves"
+    return None
+
+
+@contextlib.contextmanager
+def _loss_kept_as_tensor():
+    """Pyro's ``Trace_ELBO`` adds up the loss in Python floats (``torch_item``); under tracing
+    that would be a constant of the graph. While tracing, each term stays a float64 tensor:
+    the same float64 sums, computed by the graph at every step."""
+    module = pyro.infer.trace_elbo
+    saved = module.torch_item
+    module.torch_item = lambda x: x if isinstance(x, numbers.Number) else x.detach().double()
+    try:
+        yield
+    finally:
+        module.torch_item = saved
+
+
+class _Draws(Messenger):
+    """Collects the value of every unobserved sample site, plates' subsamples included."""
+
+    def __enter__(self):
+        self.values = []
+        return super().__enter__()
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and torch.is_tensor(msg["value"]):
+            self.values.append(msg["value"])
+
+
+def _rng(device: torch.device) -> list:
+    """The states of the RNGs a model may draw from: torch's (CPU and ``device``), Python's and
+    NumPy's (the last two are not in a graph: a model drawing from them fails the check)."""
+    states = [random.getstate(), np.random.get_state(), torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _set_rng(device: torch.device, states: list) -> None:
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[3], device)
+
+
+def _same_rng(a: list, b: list) -> bool:
+    """Whether torch's RNGs are in the same states (the graph draws from these alone)."""
+    return all(torch.equal(x, y) for x, y in zip(a[2:], b[2:]))
+
+
+def _reseed(device: torch.device, seed: int = 2_718_281) -> None:
+    """Fresh streams for torch (CPU and ``device``), Python and NumPy: other draws than the
+    fit's next ones, also where a cached normal sample (the second of a Box-Muller pair) would
+    repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None
+                                      else torch.cuda.current_device()].manual_seed(seed)
+
+
+def _difference(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> float:
+    """``max |a - b| / max |a|`` (``None``: a zero gradient; NaNs in the same places agree)."""
+    if a is None and b is None:
+        return 0.0
+    a = torch.zeros_like(b) if a is None else a
+    b = torch.zeros_like(a) if b is None else b
+    if a.shape != b.shape or not torch.equal(torch.isnan(a), torch.isnan(b)):
+        return float("inf")
+    if torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)) or a.numel() == 0:
+        return 0.0
+    d = float((a - b).nan_to_num(0.0, float("inf"), float("inf")).abs().max())
+    return d / max(float(a.nan_to_num(0.0).abs().max()), 1e-30)
+
+
+class CompiledStep:
+    """The SVI step of one fit, traced once (:meth:`trace`), checked once, then taken by
+    :meth:`run` (module docstring).
+
+    :param svi: the fit's stepper: :class:`~inference.svi.FusedAdam`, or Pyro's
+        :class:`~pyro.infer.SVI` with a Pyro optimiser (:class:`~inference.distributed.ReducedSVI`
+        under ``torchrun``); its optimiser and gradient all-reduce are used as they are.
+    :param elbo: the ELBO of the fit (:attr:`ELBOTerms.elbo`, which reads the terms).
+    :param model, guide: as the fit runs them (subsampled, scaled, KL-weighted).
+    :param handler: the :class:`~inference.target.SubsampleAt` of the data plate.
+    :param terms: the fit's :class:`~inference.elbo_terms.ELBOTerms`.
+    :param data: the fit's data; ``whole``: minibatches are passed as sliced tensors.
+    :param fused: ``svi`` is :class:`~inference.svi.FusedAdam` (its loss is a float32 value).
+    """
+
+    def __init__(self, svi, elbo, model, guide, handler, terms, data, whole: bool, fused: bool):
+        self.svi, self.elbo, self.model, self.guide = svi, elbo, model, guide
+        self.handler, self.terms, self.data, self.whole, self.fused = handler, terms, data, whole, fused
+        self.device = data[0].device
+        self.graph = None
+        self.checked = False
+        self.params: List[torch.Tensor] = []
+        self.used: List[torch.Tensor] = []
+        self.diagnostics: Dict[str, Any] = {"compiled_steps": 0, "compile_seconds": 0.0}
+
+    # ------------------------------------------------------------------ the step's function
+    def _inputs(self, indices: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        if indices is None:
+            return [*self.data, *self.params]
+        if self.whole:
+            return [*(t[indices] for t in self.data), *self.params]
+        return [indices, *self.data, *self.params]
+
+    def _loss(self, *inputs):
+        """``(loss, values, *drawn)``: the differentiable loss of one step, ``[loss, recon,
+        kl]`` (float64, detached; only ``[loss]`` where no terms are recorded) and every latent
+        value drawn (outputs, so that a trace keeps each draw, even one the loss does not use,
+        such as a plate's random subsample: the graph draws what the eager step draws)."""
+        k = len(self.data)
+        if self.indexed:
+            self.handler.indices = inputs[0]
+        batch = inputs[1:k + 1] if self.indexed else inputs[:k]
+        with _loss_kept_as_tensor(), self.terms.step(), _Draws() as drawn:
+            loss = self.elbo.differentiable_loss(self.model, self.guide, *batch)
+        value = loss.detach().float() if self.fused else loss.detach()
+        values = [value.double()]
+        if self.terms.on:
+            values += [t.double() if torch.is_tensor(t) else
+                       torch.full((), t, dtype=torch.float64, device=self.device)
+                       for t in self.terms._last]
+        return (loss, torch.stack(values), *drawn.values)
+
+    def trace(self, indices: Optional[torch.Tensor]) -> Optional[str]:
+        """Trace the step at ``indices`` (the last eager step's minibatch) with the RNGs
+        reseeded, and restored after; returns why it cannot be compiled, or ``None``."""
+        t0 = time.perf_counter()
+        rngs = _rng(self.device)
+        store = dict(pyro.get_param_store().named_parameters())  # the unconstrained leaves
+        names = sorted(store)
+        self.params = [store[n] for n in names]
+        self.indexed = indices is not None and not self.whole
+        saved = self.handler.indices
+        try:
+            with pyro.validation_enabled(False), warnings.catch_warnings(record=True) as notes, \
+                    poutine.trace(param_only=True) as used:
+                warnings.simplefilter("always")  # the tracer's notes, kept from the user
+                _reseed(self.device)  # other draws than the check's (module docstring)
+                graph = torch.jit.trace(self._loss, tuple(self._inputs(indices)),
+                                        check_trace=False)
+        except Exception as err:  # noqa: BLE001 -- whatever the tracer cannot follow runs eagerly
+            return f"tracing the step failed ({type(err).__name__}: {_first_line(err)})"
+        finally:
+            self.handler.indices = saved
+            _set_rng(self.device, rngs)
+            self.diagnostics["compile_seconds"] += time.perf_counter() - t0
+        if sorted(pyro.get_param_store().keys()) != names:
+            return "the model or guide created parameters after its first step"
+        frozen = _value_read(notes)
+        if frozen is not None:
+            return (f"the model's Python reads a tensor's value ({frozen}), which a trace "
+                    "would freeze")
+        self.used = [store[n] for n in names if n in used.trace.nodes]
+        self.graph, self.size = graph, None if indices is None else len(indices)
+        return None
+
+    def _check(self, indices: Optional[torch.Tensor]) -> Optional[str]:
+        """The compiled step at ``indices`` against the eager function with the same RNG state;
+        on agreement its gradients are in place, else everything is as it was."""
+        t0 = time.perf_counter()
+        inputs = self._inputs(indices)
+        before, grads = _rng(self.device), [None if p.grad is None else p.grad.clone()
+                                             for p in self.used]
+        saved = self.handler.indices
+        try:
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss, values, *_ = self._loss(*inputs)
+                expected = torch.autograd.grad(loss, self.used, allow_unused=True)
+            after = _rng(self.device)
+            _set_rng(self.device, before)
+            out = self._run(inputs)
+            worst = max([_difference(values, out)] + [
+                _difference(e if g is None else g + e if e is not None else g, p.grad)
+                for e, g, p in zip(expected, grads, self.used)])
+            same_draws = _same_rng(after, _rng(self.device))
+        except Exception as err:  # noqa: BLE001
+            worst, same_draws, out = float("inf"), False, f"{type(err).__name__}: {_first_line(err)}"
+        finally:
+            self.handler.indices = saved
+            self.diagnostics["compile_seconds"] += time.perf_counter() - t0
+        self.diagnostics["compile_check"] = worst
+        if same_draws and worst <= _RTOL:
+            self.checked = True
+            self._last = out
+            return None
+        _set_rng(self.device, before)
+        for p, g in zip(self.used, grads):
+            p.grad = g
+        if isinstance(out, str):
+            return f"the compiled step failed at its check ({out})"
+        if not same_draws:
+            return ("the compiled step drew other random numbers than the eager one at its "
+                    "check: the model's sampling depends on values")
+        return (f"the compiled step differed from the eager one at its check (relative "
+                f"difference {worst:.2g}): the model's Python depends on values")
+
+    def _run(self, inputs) -> torch.Tensor:
+        """One compiled forward and backward; the gradients are left in the parameters."""
+        with torch.jit.optimized_execution(False):
+            loss, values, *_ = self.graph(*inputs)
+        loss.backward()
+        return values
+
+    def _update(self, values: torch.Tensor) -> torch.Tensor:
+        """The optimiser's step (after the gradient all-reduce under ``torchrun``)."""
+        svi = self.svi
+        if self.fused:
+            params = svi.optimizer.param_groups[0]["params"]
+            if svi.reduce is not None:
+                values = values.new_tensor([svi.reduce(params, values[0])])
+            svi.optimizer.step()
+            svi.optimizer.zero_grad(set_to_none=True)
+            return values
+        reduce = getattr(svi, "reduce", None)
+        if reduce is not None:
+            values = values.new_tensor([reduce(self.used, values[0])])
+        svi.optim(set(self.used))
+        zero_grads(set(self.used))
+        return values
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, step: int, steps: int, indices, batches, rows: list,
+            due: Callable[[int], bool], after: Callable[[int, int], None]):
+        """Steps ``step, ..., steps - 1``, the first at the minibatch ``indices``, the others at
+        those ``batches`` yields. Loss rows are appended to ``rows`` in blocks: before
+        ``after(s, n)`` (``n`` steps since the last block) on the steps ``s`` where ``due(s)``
+        holds, and at the end. Returns ``(s, indices)``: the step it stopped before, ``steps``
+        or one it could not take (then ``self.reason`` says why, and step ``s`` is for the eager
+        step to take at ``indices``)."""
+        self.reason = None
+        pending: list = []
+        last = step - 1
+        try:
+            while True:
+                if not self.checked:
+                    self.reason = self._check(indices)
+                    if self.reason is not None:
+                        return step, indices
+                    values = self._last
+                elif indices is not None and len(indices) != self.size:
+                    self.reason = f"a minibatch of {len(indices)} rows; the step was traced with {self.size}"
+                    return step, indices
+                else:
+                    values = self._run(self._inputs(indices))
+                pending.append(self._update(values))
+                last = step
+                self.diagnostics["compiled_steps"] += 1
+                if due(step):
+                    self._flush(pending, step, rows)
+                    after(step, len(pending))
+                    pending.clear()
+                step += 1
+                if step == steps:
+                    return steps, None
+                indices = next(batches)
+        finally:
+            self._flush(pending, last, rows)
+
+    def _flush(self, pending: list, last: Optional[int], rows: list) -> None:
+        """Append the rows of the steps ``..., last`` whose values are ``pending`` (one
+        conversion to Python numbers for the block, not one per step)."""
+        first = last - len(pending) + 1
+        for step, v in zip(range(first, last + 1), torch.stack(pending).tolist() if pending else []):
+            rows.append(self.terms.row(step, v[0], v[1:] if len(v) > 1 else None))
+
+
+_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
+
+
+def _value_read(notes) -> Optional[str]:
+    """Where the traced Python outside torch and Pyro turned a tensor into a Python number,
+    boolean, list, index or NumPy array (``file:line``), or ``None``. Torch's and Pyro's own conversions are
+    of shapes, or a NaN check that does not change the loss."""
+    for note in notes:
+        if (issubclass(note.category, torch.jit.TracerWarning)
+                and str(note.message).startswith("Converting a tensor to a")
+                and not os.path.abspath(note.filename).startswith(_LIBRARIES)):
+            return f"{os.path.basename(note.filename)}:{note.lineno}"
+    return None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
