@@ -275,9 +275,9 @@ class CompiledStep:
                 f"difference {worst:.2g}): the model's Python depends on values")
 
     def _run(self, inputs) -> torch.Tensor:
-        """One compiled forward and backward; the gradients are left in the parameters."""
-        with torch.jit.optimized_execution(False):
-            loss, values, *_ = self.graph(*inputs)
+        """One compiled forward and backward (under :meth:`run`'s unoptimised execution); the
+        gradients are left in the parameters."""
+        loss, values, *_ = self.graph(*inputs)
         loss.backward()
         return values
 
@@ -310,6 +310,11 @@ class CompiledStep:
         self.reason = None
         pending: list = []
         last = step - 1
+        # TorchScript's optimisations would fuse and reorder operations: the same fit, not bit for bit
+        with torch.jit.optimized_execution(False):
+            return self._loop(step, steps, indices, batches, rows, due, after, pending, last)
+
+    def _loop(self, step, steps, indices, batches, rows, due, after, pending, last):
         try:
             while True:
                 if not self.checked:

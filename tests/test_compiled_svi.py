@@ -3,6 +3,7 @@ zoo's models and users' pairs; the default where it applies; and where it does n
 with the reason in FitResult.diagnostics."""
 
 import importlib
+import json
 import math
 import random
 
@@ -230,3 +231,20 @@ def test_networks_with_buffers_and_short_fits_stay_eager():
     short = inference.fit((local_model, local_guide), x, steps=MIN_STEPS - 1, progress=False)
     assert short.diagnostics["not_compiled"].startswith(f"{MIN_STEPS - 1} steps to take")
     assert short.diagnostics["compiled_steps"] == 0
+
+
+def test_ppzoo_fit_compiles_by_default_and_no_compile_is_the_same_fit(tmp_path):
+    from clitools import run_main
+
+    lines, files = {}, {}
+    for flag in ("", "--no-compile"):
+        out = tmp_path / (flag or "default")
+        rc, stdout, stderr = run_main(["fit", "map_l2", "--steps", STEPS, "--no-progress",
+                                       "--out", out] + ([flag] if flag else []))
+        assert rc == 0, stderr
+        lines[flag] = stdout.splitlines()[0]
+        files[flag] = (out / "losses.csv").read_bytes(), json.loads((out / "config.json").read_text())
+    assert "(compiled)" in lines[""] and "(eager: compile=False)" in lines["--no-compile"]
+    assert files[""][1]["fit"]["not_compiled"] is None
+    assert files["--no-compile"][1]["fit"]["not_compiled"] == "compile=False"
+    assert files[""][0] == files["--no-compile"][0]
