@@ -270,7 +270,7 @@ class CompiledStep:
             return f"the compiled step failed at its check ({out})"
         if not same_draws:
             return ("the compiled step drew other random numbers than the eager one at its "
-                    "check: the model's sampling depends on values")
+                    "check (a draw no sample site uses, or sampling that depends on values)")
         return (f"the compiled step differed from the eager one at its check (relative "
                 f"difference {worst:.2g}): the model's Python depends on values")
 

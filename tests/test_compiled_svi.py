@@ -172,6 +172,15 @@ def drawing_guide(x):
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
 
+def noisy_model(x):
+    """A draw no site or loss uses (a trace drops it): the eager step draws it, a graph would
+    not, so every later draw would differ from the eager fit's."""
+    with pyro.plate("data", x.shape[0]) as idx:
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+    torch.rand(3)
+
+
 def valued_model(x):
     u = pyro.sample("u", dist.Normal(0.0, 1.0))
     with pyro.plate("data", x.shape[0]) as idx:
@@ -199,6 +208,8 @@ def unregistered_model(x):
      "the model's Python reads a tensor's value (test_compiled_svi.py:"),
     (lambda: (valued_model, drawing_guide), dict(batch_size=20),
      "the compiled step differed from the eager one at its check"),
+    (lambda: (noisy_model, local_guide), dict(batch_size=20),
+     "the compiled step drew other random numbers than the eager one at its check"),
     (lambda: (local_model, local_guide), dict(loss=NoTerms(max_plate_nesting=1)),
      "the loss is a NoTerms"),
     (lambda: (unregistered_model, AutoNormal(unregistered_model)), {},
