@@ -286,14 +286,16 @@ class CompiledStep:
         svi = self.svi
         if self.fused:
             params = svi.optimizer.param_groups[0]["params"]
-            if svi.reduce is not None:
-                values = values.new_tensor([svi.reduce(params, values[0])])
+            if svi.reduce is not None:  # the loss summed across processes
+                values = values.clone()
+                values[0] = svi.reduce(params, values[0])
             svi.optimizer.step()
             svi.optimizer.zero_grad(set_to_none=True)
             return values
         reduce = getattr(svi, "reduce", None)
         if reduce is not None:
-            values = values.new_tensor([reduce(self.used, values[0])])
+            values = values.clone()
+            values[0] = reduce(self.used, values[0])
         svi.optim(set(self.used))
         zero_grads(set(self.used))
         return values

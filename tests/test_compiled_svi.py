@@ -105,7 +105,8 @@ def test_minibatch_as_argument_idiom_fits_the_same_compiled():
 
 
 @pytest.mark.parametrize("options", [dict(kl_weight=0.3), dict(loss="meanfield"),
-                                     dict(num_particles=3, vectorize_particles=False)])
+                                     dict(num_particles=3, vectorize_particles=False),
+                                     dict(distributed=True)])  # one process: the reducer's path
 def test_local_pair_with_minibatches_kl_weight_and_losses(options):
     eager, fast = _both(lambda: (local_model, local_guide), local_data(80), lr=0.05,
                         batch_size=20, **options)
