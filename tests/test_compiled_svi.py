@@ -2,7 +2,6 @@
 zoo's models and users' pairs; the default where it applies; and where it does not, an eager fit
 with the reason in FitResult.diagnostics."""
 
-import importlib
 import json
 import math
 import random
@@ -17,6 +16,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import inference
 import zoo
+from fittools import ctrl_c_after_checkpoint
 from inference.compiled import MIN_STEPS
 from toy import global_model, local_data, local_guide, local_model
 
@@ -125,18 +125,8 @@ def test_heldout_tracking_and_checkpoint_resume(tmp_path):
 
     eager = run(compile=False)
     ckpt = tmp_path / "ckpt.pt"
-    svi = importlib.import_module("inference.svi")
-    real = svi._checkpoint
-
-    def stop_at_60(*args):  # Ctrl-C right after the checkpoint of step 60
-        real(*args)
-        if args[4] == 60:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(svi, "_checkpoint", stop_at_60)
-        with pytest.raises(KeyboardInterrupt):
-            run(checkpoint=ckpt, checkpoint_every=20)
+    with ctrl_c_after_checkpoint(60):
+        run(checkpoint=ckpt, checkpoint_every=20)
     resumed = run(checkpoint=ckpt, checkpoint_every=20)
     assert resumed.diagnostics["compiled_steps"] == 59  # steps 61..119; step 60 eager
     pd.testing.assert_frame_equal(eager.losses, resumed.losses, check_exact=True)
