@@ -1,32 +1,31 @@
 """The compiled SVI step: the ELBO of :func:`inference.fit` traced once and run as a graph.
 
-A small model's SVI step is mostly Python: Pyro runs the guide and the model through its
-handler stack, builds a distribution object per site and computes every ``log_prob`` from
-Python, at every step [1]. When model and guide trace to a fixed structure -- the same sites,
-plates and shapes at every step, the usual case -- that work can be recorded once. After the
-first step (eager: it creates the parameters and runs Pyro's checks), :class:`CompiledStep`
-records the step's loss with :func:`torch.jit.trace` as a function of the minibatch indices,
-the data and every parameter, and later steps run that graph in TorchScript's interpreter with
-its optimisations off: the same ATen operations, each recorded for autograd as when called
-from Python, without the Python. The graph holds the sampling operations themselves, so every
-step draws from torch's global RNG as the eager step does.
+A small model's SVI step is mostly Python: at every step Pyro runs guide and model through its
+handler stack, builds a distribution per site and computes each ``log_prob`` from Python [1].
+When model and guide trace to a fixed structure (the same sites, plates and shapes at every
+step: the usual case) that work can be recorded once. After the first step (eager: it creates
+the parameters and runs Pyro's checks), :class:`CompiledStep` records the step's loss with
+:func:`torch.jit.trace` as a function of the minibatch indices, the data and the parameters,
+and later steps run the graph in TorchScript's interpreter with its optimisations off: the
+same ATen operations, recorded for autograd as when called from Python, without the Python.
+The graph holds the sampling operations, so it draws from torch's global RNG as the eager step
+does; every latent value is an output of the graph, so no draw is dropped as unused (a plate's
+random subsample included).
 
-**What it vouches for.** The compiled step computes what the eager step computes, bit for bit:
-the same operations on the same values in the same order (the loss's float64 accumulation
-too: Pyro's ``torch_item``, which would freeze the loss into a constant of the trace, is
-kept as a float64 tensor while tracing). That is checked once, not assumed: traced at one
-step's minibatch with the RNG shifted, the graph is run at the next step's, and its loss, its
-two ELBO terms, every gradient and the RNG state after it must equal those of the eager
-function there (to 1e-5 relative; they are equal). A model whose Python depends on values --
-a branch on a sampled latent, indices turned into Python numbers -- fails the check, or
-tracing itself, and the fit goes on eagerly with the reason in
-``FitResult.diagnostics["not_compiled"]``. So a compiled fit takes the steps an eager fit
-takes (tests hold the losses and parameters equal), and a checkpoint resumes either way.
-
-Not compiled (eager, the reason recorded): another ELBO than ``Trace_ELBO``,
-``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` (a subclass may compute another loss), networks
-with buffers (BatchNorm statistics a graph would not update), fewer than :data:`MIN_STEPS`
-steps to take, ``fit(compile=False)``, and a batch of another size than the traced one.
+**What it vouches for.** The compiled step computes what the eager step computes, bit for bit
+(Pyro's ``torch_item``, which would freeze the loss into a constant of the trace, keeps each
+term as a float64 tensor while tracing: the same float64 sums). That is checked, not
+assumed: the Python traced must not turn a tensor into a Python number, boolean or list
+(tracing warns where it does, and a warning from outside torch and Pyro refuses); and the
+graph, traced at one minibatch with every RNG reseeded, is run at the next step's minibatch
+against the eager function with the same RNG state: the loss, its two ELBO terms, every
+gradient (to 1e-5 relative; they are equal) and the RNG state after it must agree. Otherwise,
+and for another ELBO than ``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` (a
+subclass may compute another loss), networks with buffers (BatchNorm statistics a graph would
+not update), fewer than :data:`MIN_STEPS` steps or a minibatch of another size, the fit goes
+on eagerly from where it is, with the reason in ``FitResult.diagnostics["not_compiled"]``, the
+RNGs as if nothing had been tried. So a compiled fit takes the steps an eager fit takes, and a
+checkpoint of either resumes with either.
 
 References
 
@@ -39,12 +38,10 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
-import random
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import pyro
 import pyro.infer.trace_elbo
 import pyro.poutine as poutine
@@ -52,6 +49,8 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import zero_grads
 from pyro.poutine.messenger import Messenger
+
+from inference import rngs
 
 #: below this many steps to take, tracing and the check (about as long as 20 to 50 eager steps
 #: of the zoo's models) cost more than they save
@@ -98,40 +97,6 @@ class _Draws(Messenger):
     def _postprocess_message(self, msg) -> None:
         if msg["type"] == "sample" and not msg["is_observed"] and torch.is_tensor(msg["value"]):
             self.values.append(msg["value"])
-
-
-def _rng(device: torch.device) -> list:
-    """The states of the RNGs a model may draw from: torch's (CPU and ``device``), Python's and
-    NumPy's (the last two are not in a graph: a model drawing from them fails the check)."""
-    states = [random.getstate(), np.random.get_state(), torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
-
-
-def _set_rng(device: torch.device, states: list) -> None:
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(states[3], device)
-
-
-def _same_rng(a: list, b: list) -> bool:
-    """Whether torch's RNGs are in the same states (the graph draws from these alone)."""
-    return all(torch.equal(x, y) for x, y in zip(a[2:], b[2:]))
-
-
-def _reseed(device: torch.device, seed: int = 2_718_281) -> None:
-    """Fresh streams for torch (CPU and ``device``), Python and NumPy: other draws than the
-    fit's next ones, also where a cached normal sample (the second of a Box-Muller pair) would
-    repeat."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None
-                                      else torch.cuda.current_device()].manual_seed(seed)
 
 
 def _difference(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> float:
@@ -202,9 +167,10 @@ class CompiledStep:
 
     def trace(self, indices: Optional[torch.Tensor]) -> Optional[str]:
         """Trace the step at ``indices`` (the last eager step's minibatch) with the RNGs
-        reseeded, and restored after; returns why it cannot be compiled, or ``None``."""
+        reseeded (other draws than the check's), and restored after; returns why it cannot be
+        compiled, or ``None``."""
         t0 = time.perf_counter()
-        rngs = _rng(self.device)
+        before = rngs.states(self.device)
         store = dict(pyro.get_param_store().named_parameters())  # the unconstrained leaves
         names = sorted(store)
         self.params = [store[n] for n in names]
@@ -214,14 +180,14 @@ class CompiledStep:
             with pyro.validation_enabled(False), warnings.catch_warnings(record=True) as notes, \
                     poutine.trace(param_only=True) as used:
                 warnings.simplefilter("always")  # the tracer's notes, kept from the user
-                _reseed(self.device)  # other draws than the check's (module docstring)
+                rngs.reseed(self.device, 2_718_281)  # other draws than the check's
                 graph = torch.jit.trace(self._loss, tuple(self._inputs(indices)),
                                         check_trace=False)
         except Exception as err:  # noqa: BLE001 -- whatever the tracer cannot follow runs eagerly
             return f"tracing the step failed ({type(err).__name__}: {_first_line(err)})"
         finally:
             self.handler.indices = saved
-            _set_rng(self.device, rngs)
+            rngs.restore(self.device, before)
             self.diagnostics["compile_seconds"] += time.perf_counter() - t0
         if sorted(pyro.get_param_store().keys()) != names:
             return "the model or guide created parameters after its first step"
@@ -238,21 +204,21 @@ class CompiledStep:
         on agreement its gradients are in place, else everything is as it was."""
         t0 = time.perf_counter()
         inputs = self._inputs(indices)
-        before, grads = _rng(self.device), [None if p.grad is None else p.grad.clone()
-                                             for p in self.used]
+        before = rngs.states(self.device)
+        grads = [None if p.grad is None else p.grad.clone() for p in self.used]
         saved = self.handler.indices
         try:
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 loss, values, *_ = self._loss(*inputs)
                 expected = torch.autograd.grad(loss, self.used, allow_unused=True)
-            after = _rng(self.device)
-            _set_rng(self.device, before)
+            after = rngs.states(self.device)
+            rngs.restore(self.device, before)
             out = self._run(inputs)
             worst = max([_difference(values, out)] + [
                 _difference(e if g is None else g + e if e is not None else g, p.grad)
                 for e, g, p in zip(expected, grads, self.used)])
-            same_draws = _same_rng(after, _rng(self.device))
+            same_draws = rngs.same_torch(after, rngs.states(self.device))
         except Exception as err:  # noqa: BLE001
             worst, same_draws, out = float("inf"), False, f"{type(err).__name__}: {_first_line(err)}"
         finally:
@@ -263,7 +229,7 @@ class CompiledStep:
             self.checked = True
             self._last = out
             return None
-        _set_rng(self.device, before)
+        rngs.restore(self.device, before)
         for p, g in zip(self.used, grads):
             p.grad = g
         if isinstance(out, str):
@@ -282,22 +248,20 @@ class CompiledStep:
         return values
 
     def _update(self, values: torch.Tensor) -> torch.Tensor:
-        """The optimiser's step (after the gradient all-reduce under ``torchrun``)."""
+        """The optimiser's step, as the eager stepper takes it (after its all-reduce of the
+        gradients and the loss under ``torchrun``)."""
         svi = self.svi
-        if self.fused:
-            params = svi.optimizer.param_groups[0]["params"]
-            if svi.reduce is not None:  # the loss summed across processes
-                values = values.clone()
-                values[0] = svi.reduce(params, values[0])
-            svi.optimizer.step()
-            svi.optimizer.zero_grad(set_to_none=True)
-            return values
         reduce = getattr(svi, "reduce", None)
         if reduce is not None:
             values = values.clone()
-            values[0] = reduce(self.used, values[0])
-        svi.optim(set(self.used))
-        zero_grads(set(self.used))
+            values[0] = reduce(svi.optimizer.param_groups[0]["params"] if self.fused
+                               else self.used, values[0])
+        if self.fused:
+            svi.optimizer.step()
+            svi.optimizer.zero_grad(set_to_none=True)
+        else:
+            svi.optim(set(self.used))
+            zero_grads(set(self.used))
         return values
 
     # ------------------------------------------------------------------ the loop
@@ -309,39 +273,35 @@ class CompiledStep:
         holds, and at the end. Returns ``(s, indices)``: the step it stopped before, ``steps``
         or one it could not take (then ``self.reason`` says why, and step ``s`` is for the eager
         step to take at ``indices``)."""
-        self.reason = None
-        pending: list = []
-        last = step - 1
-        # TorchScript's optimisations would fuse and reorder operations: the same fit, not bit for bit
+        self.reason, pending, last = None, [], step - 1
+        # unoptimised: TorchScript's optimisations fuse and reorder operations (not bit for bit)
         with torch.jit.optimized_execution(False):
-            return self._loop(step, steps, indices, batches, rows, due, after, pending, last)
-
-    def _loop(self, step, steps, indices, batches, rows, due, after, pending, last):
-        try:
-            while True:
-                if not self.checked:
-                    self.reason = self._check(indices)
-                    if self.reason is not None:
+            try:
+                while True:
+                    if not self.checked:
+                        self.reason = self._check(indices)
+                        if self.reason is not None:
+                            return step, indices
+                        values = self._last
+                    elif indices is not None and len(indices) != self.size:
+                        self.reason = (f"a minibatch of {len(indices)} rows; the step was "
+                                       f"traced with {self.size}")
                         return step, indices
-                    values = self._last
-                elif indices is not None and len(indices) != self.size:
-                    self.reason = f"a minibatch of {len(indices)} rows; the step was traced with {self.size}"
-                    return step, indices
-                else:
-                    values = self._run(self._inputs(indices))
-                pending.append(self._update(values))
-                last = step
-                self.diagnostics["compiled_steps"] += 1
-                if due(step):
-                    self._flush(pending, step, rows)
-                    after(step, len(pending))
-                    pending.clear()
-                step += 1
-                if step == steps:
-                    return steps, None
-                indices = next(batches)
-        finally:
-            self._flush(pending, last, rows)
+                    else:
+                        values = self._run(self._inputs(indices))
+                    pending.append(self._update(values))
+                    last = step
+                    self.diagnostics["compiled_steps"] += 1
+                    if due(step):
+                        self._flush(pending, step, rows)
+                        after(step, len(pending))
+                        pending.clear()
+                    step += 1
+                    if step == steps:
+                        return steps, None
+                    indices = next(batches)
+            finally:
+                self._flush(pending, last, rows)
 
     def _flush(self, pending: list, last: Optional[int], rows: list) -> None:
         """Append the rows of the steps ``..., last`` whose values are ``pending`` (one
@@ -356,8 +316,8 @@ _LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
 
 def _value_read(notes) -> Optional[str]:
     """Where the traced Python outside torch and Pyro turned a tensor into a Python number,
-    boolean, list, index or NumPy array (``file:line``), or ``None``. Torch's and Pyro's own conversions are
-    of shapes, or a NaN check that does not change the loss."""
+    boolean, list or NumPy array (``file:line``), or ``None``. Torch's and Pyro's own
+    conversions are of shapes, or a NaN check that does not change the loss."""
     for note in notes:
         if (issubclass(note.category, torch.jit.TracerWarning)
                 and str(note.message).startswith("Converting a tensor to a")

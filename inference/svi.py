@@ -1,9 +1,9 @@
 """Stochastic variational inference with ``Trace_ELBO`` on any target.
 
-(About 370 lines: :func:`fit` is one function whose many options -- minibatches, particles,
-losses, KL weight, held-out tracking, checkpoints, data parallelism -- each take a few lines
-here and live in their own modules: :mod:`inference.elbo_terms`, :mod:`inference.checkpoints`,
-:mod:`inference.distributed`.)
+(About 420 lines: :func:`fit` is one function whose many options -- minibatches, particles,
+losses, KL weight, held-out tracking, checkpoints, data parallelism, the compiled step -- each
+take a few lines here and live in their own modules: :mod:`inference.elbo_terms`,
+:mod:`inference.checkpoints`, :mod:`inference.distributed`, :mod:`inference.compiled`.)
 
 :func:`fit` maximises the evidence lower bound [1]
 
@@ -322,18 +322,22 @@ def fit(
     compiler = fast = None if why is not None else CompiledStep(
         svi, elbo, model, guide, handler, terms, data, tgt.data_access == "whole", svi is optim)
 
-    def due(step: int) -> bool:  # whether after(step) has more to do than count the step
-        return step % 50 == 0 and show or heldout is not None and (
-            (step + 1) % heldout_every == 0 or step + 1 == steps) or checkpoint is not None and (
-            (step + 1) % checkpoint_every == 0)
+    def held_out(step: int) -> bool:
+        return heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps)
 
-    def after(step: int, taken: int = 1) -> None:  # rows holds the step's row
+    def saved(step: int) -> bool:
+        return checkpoint is not None and (step + 1) % checkpoint_every == 0
+
+    def due(step: int) -> bool:  # whether after(step) has more to do than count the step
+        return show and step % 50 == 0 or held_out(step) or saved(step)
+
+    def after(step: int, taken: int = 1) -> None:  # once rows holds the row of step
         bar.update(taken)
         if step % 50 == 0:
             bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
-        if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
+        if held_out(step):
             held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+        if saved(step):
             _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns,
                         held, world)
 
