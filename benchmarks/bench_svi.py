@@ -4,7 +4,7 @@ optimiser and minibatches vs ``fit(compile=False)`` (every step eager) vs Pyro's
 ``JitTrace_ELBO``.
 
     python benchmarks/bench_svi.py [--device cpu|cuda] [--quick] [--steps 1000] [--repeats 5]
-                                   [--threads N]
+                                   [--threads 1]
 
 Times are per step (min/median/max over repeats of ``--steps`` steps, after a warm-up; the
 cases take turns, one round after another); ``ratio`` is that of the medians to the
@@ -99,13 +99,14 @@ def load() -> str:
 def main(argv=None):
     p = parser(__doc__, repeats=5)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, as ppzoo's: on a shared machine more threads "
+                        "than free cores make every case many times slower)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     dev = inference.target.resolve_device(args.device)
     if args.quick:  # enough steps for the compiled step (inference.compiled.MIN_STEPS)
-        args.steps, args.repeats = inference.compiled.MIN_STEPS + 10, 2
+        args.steps, args.repeats = inference.compiled.MIN_STEPS + 10, 1
     entry = zoo.get("vae", latent_dim=2)
     (x,) = entry.load_data(device=dev)
     entry.to(dev)
