@@ -1,24 +1,23 @@
-"""What the fit tests share: a fit stopped as Ctrl-C would stop it, right after a checkpoint."""
+"""What the fit tests share: a fit stopped as Ctrl-C would stop it, right after a checkpoint
+(used by the pytest tests and by ``distributed_job.py`` on every rank)."""
 
 import contextlib
-import importlib
 
-import pytest
+from inference import svi as svi_module
 
 
 @contextlib.contextmanager
-def ctrl_c_after_checkpoint(step: int):
-    """Inside, a fit raises ``KeyboardInterrupt`` right after writing its checkpoint of
-    ``step``; the block must end with it."""
-    svi = importlib.import_module("inference.svi")
-    real = svi._checkpoint
+def interrupted_after(step: int):
+    """Ctrl-C (``KeyboardInterrupt``) right after a fit writes its checkpoint of ``step``."""
+    real = svi_module._checkpoint
 
     def stop(*args):
         real(*args)
         if args[4] == step:
             raise KeyboardInterrupt
 
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(svi, "_checkpoint", stop)
-        with pytest.raises(KeyboardInterrupt):
-            yield
+    svi_module._checkpoint = stop
+    try:
+        yield
+    finally:
+        svi_module._checkpoint = real

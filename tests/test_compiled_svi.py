@@ -16,7 +16,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import inference
 import zoo
-from fittools import ctrl_c_after_checkpoint
+from fittools import interrupted_after
 from inference.compiled import MIN_STEPS
 from toy import global_model, local_data, local_guide, local_model
 
@@ -115,7 +115,7 @@ def test_local_pair_with_minibatches_kl_weight_and_losses(options):
 
 def test_heldout_tracking_and_checkpoint_resume(tmp_path):
     """Held-out losses and the checkpoints of a compiled fit are the eager fit's; a compiled
-    fit interrupted at step 60 resumes to the same fit."""
+    fit interrupted at step 63 (inside an epoch of 5 minibatches) resumes to the same fit."""
     x, held = local_data(100), local_data(40, seed=1)
 
     def run(**kw):
@@ -125,10 +125,10 @@ def test_heldout_tracking_and_checkpoint_resume(tmp_path):
 
     eager = run(compile=False)
     ckpt = tmp_path / "ckpt.pt"
-    with ctrl_c_after_checkpoint(60):
-        run(checkpoint=ckpt, checkpoint_every=20)
-    resumed = run(checkpoint=ckpt, checkpoint_every=20)
-    assert resumed.diagnostics["compiled_steps"] == 59  # steps 61..119; step 60 eager
+    with interrupted_after(63), pytest.raises(KeyboardInterrupt):
+        run(checkpoint=ckpt, checkpoint_every=7)
+    resumed = run(checkpoint=ckpt, checkpoint_every=7)
+    assert resumed.diagnostics["compiled_steps"] == 56  # steps 64..119; step 63 eager
     pd.testing.assert_frame_equal(eager.losses, resumed.losses, check_exact=True)
     pd.testing.assert_frame_equal(eager.heldout, resumed.heldout, check_exact=True)
     for k, v in eager.state["params"].items():
