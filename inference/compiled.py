@@ -189,7 +189,10 @@ class CompiledStep:
             self.handler.indices = saved
             rngs.restore(self.device, before)
             self.diagnostics["compile_seconds"] += time.perf_counter() - t0
-        if sorted(pyro.get_param_store().keys()) != names:
+        created = set(pyro.get_param_store().keys()) - set(names)
+        if created:  # forgotten: the eager steps create them as without the trace
+            for name in created:
+                del pyro.get_param_store()[name]
             return "the model or guide created parameters after its first step"
         frozen = _value_read(notes)
         if frozen is not None:

@@ -179,6 +179,19 @@ def valued_model(x):
         pyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
 
 
+class LateGuide:
+    """Creates a parameter on its third call (the fit's second step; a trace, if it is one)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        late = pyro.param("late", lambda: torch.randn(())) if self.calls >= 3 else 0.0
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("loc", lambda: x.new_zeros(())) + late, 1.0))
+
+
 class NoTerms(Trace_ELBO):
     """Another class: the compiled step does not know what it computes."""
 
@@ -201,6 +214,8 @@ def unregistered_model(x):
      "the compiled step differed from the eager one at its check"),
     (lambda: (noisy_model, local_guide), dict(batch_size=20),
      "the compiled step drew other random numbers than the eager one at its check"),
+    (lambda: (local_model, LateGuide()), {},
+     "the model or guide created parameters after its first step"),
     (lambda: (local_model, local_guide), dict(loss=NoTerms(max_plate_nesting=1)),
      "the loss is a NoTerms"),
     (lambda: (unregistered_model, AutoNormal(unregistered_model)), {},
