@@ -232,6 +232,11 @@ def test_what_cannot_be_compiled_runs_eagerly_with_the_reason(target, options, r
     pd.testing.assert_frame_equal(eager.losses, fit.losses, check_exact=True)
 
 
+def test_compile_must_be_a_bool():
+    with pytest.raises(ValueError, match="compile must be True or False, got 'no'"):
+        inference.fit((local_model, local_guide), local_data(10), steps=STEPS, compile="no")
+
+
 def test_networks_with_buffers_and_short_fits_stay_eager():
     net = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.BatchNorm1d(2))
 

@@ -172,8 +172,9 @@ def heldout_lines(split: Optional[Dict[str, Any]], train: pd.DataFrame,
 
 def per_datapoint(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean ``per_datapoint`` over seeds, indexed by (method, K), in a column ``value``."""
-    if not len(rows):
-        return pd.DataFrame(columns=["value"])
+    if not len(rows):  # indexed like a full one, so that the train/test join has its keys
+        index = pd.MultiIndex.from_arrays([[], []], names=["method", "K"])
+        return pd.DataFrame({"value": pd.Series([], dtype=float, index=index)})
     return rows.groupby(["method", "K"])["per_datapoint"].mean().rename("value").to_frame()
 
 
@@ -260,8 +261,12 @@ def _fmt(x: Optional[float], spec: str) -> str:
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
-    """A JSON file's content, or ``None`` where it is missing or unreadable."""
+    """A JSON file's content, or ``None`` where it is missing, unreadable, not a regular file
+    or over 1 MiB (ppzoo writes a few kB)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
+            return None
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
