@@ -2,8 +2,8 @@
 pack (:mod:`inference.pack`), against ``is-guide``'s on the same target (the issue-21 goal: each
 new estimator within 1.5x of ``is-guide`` per evaluation).
 
-    python benchmarks/bench_frontier.py [--quick] [--target NAME ...] [-K 1000]
-                                        [--repeats 3] [--threads N]
+    python benchmarks/bench_frontier.py [--quick] [--target NAME ...] [--method M ...]
+                                        [-K 1000] [--repeats 3] [--threads N]
 
 An evaluation is one of ``log p(x, z)`` (with its gradient, for the gradient-based methods) at
 one particle: the method's own count (``diagnostics["evaluations"]``) where it reports one, else
@@ -30,6 +30,8 @@ TARGETS = ("radiata-m1", "gaussian-32d", "loggamma-30d")
 def main() -> None:
     p = parser(__doc__, repeats=3)
     p.add_argument("--target", action="append", default=[], help=f"default: {', '.join(TARGETS)}")
+    p.add_argument("--method", action="append", default=[],
+                   help="default: every registered method but the references")
     p.add_argument("-K", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
@@ -37,7 +39,9 @@ def main() -> None:
     targets = a.target or (TARGETS[:1] if a.quick else TARGETS)
     K = 50 if a.quick else a.K
     options = {"temperatures": 5, "warmup": 5} if a.quick else {}
-    methods = [m for m in inference.methods() if not estimators.get(m).reference]
+    methods = a.method or [m for m in inference.methods() if not estimators.get(m).reference]
+    if "is-guide" not in methods:
+        methods = ["is-guide"] + methods  # the yardstick
     print(f"{environment()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"K = {K}, options {options or 'default'}")
     for name in targets:
