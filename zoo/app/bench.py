@@ -262,5 +262,6 @@ def write_board(out: Path, df: pd.DataFrame, skipped: Dict[str, Dict[str, str]],
         dims = getattr(t, "dims", "-")
         source = getattr(t, "source", "") if t is not None else ""
         what = getattr(t, "summary", "")
-        lines.append(f"| {name} | {what} | {truth:.6g} | {dims} | {source.replace('|', '/')} |")
+        shown = "(not run yet)" if truth != truth else f"{truth:.6g}"
+        lines.append(f"| {name} | {what} | {shown} | {dims} | {source.replace('|', '/')} |")
     return write_text("\n".join(lines) + "\n", out / BOARD_FILE)
