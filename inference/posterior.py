@@ -95,6 +95,8 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> int:
         try:
             _, _, guide_tr = draw(problem, 1, "guide", idx)
         except ValueError as err:
+            if "has no site" not in str(err):
+                raise
             raise NotApplicable(f"{method}: {err}; or use start='prior' and proposal='gaussian'") from None
     if o["proposal"] == "guide":
         check_proposal(problem)

@@ -97,13 +97,14 @@ class Chib(Estimator):
                 evals = K * chain_cost(o) + dens.evaluations
                 drift.append(draws.drift)
                 acc.append(draws.acceptance)
-        value, var, raw, log_num, log_den = (torch.cat(t) for t in zip(*rows))
+        value, var, raw, raw_var, log_num, log_den, perms = (torch.cat(t) for t in zip(*rows))
         drift = torch.cat(drift)
         n1 = K - K // 2
         out = dict(num_samples=K, log_evidence=float(value.sum()), stderr=float(var.sum().sqrt()),
                    ess=float(n1), khat=math.nan, caveats=drift_caveats(drift),
-                   diagnostics=dict(uncorrected=float(raw.sum()), relabellings=len(
-                       relabellings(problem, dens, draws.u)), log_numerator=float(log_num.sum()),
+                   diagnostics=dict(uncorrected=float(raw.sum()),
+                                    uncorrected_stderr=float(raw_var.sum().sqrt()),
+                                    relabellings=int(perms[0]), log_numerator=float(log_num.sum()),
                        log_acceptance_from_star=float(log_den.sum()), n_estimate=n1,
                        n_proposal=n1, n_fit=K // 2, evaluations=evals,
                        acceptance_mean=sum(acc) / len(acc), drift_z=float(drift.abs().max()),
@@ -116,8 +117,8 @@ class Chib(Estimator):
 
 
 def ordinate(problem: Problem, draws, dens: Densities, o: Dict[str, Any]):
-    """Per datapoint: the estimate, its variance, the uncorrected estimate, and the logs of the
-    numerator's and the denominator's means (module docstring)."""
+    """Per datapoint: the estimate and its variance, the uncorrected estimate and its variance,
+    the logs of the numerator's and the denominator's means, the number of relabellings."""
     K = draws.u.shape[0]
     n = K // 2
     best = (draws.joint[:n] + draws.log_jac[:n]).argmax(0)  # z*: highest density in u
@@ -139,8 +140,8 @@ def ordinate(problem: Problem, draws, dens: Densities, o: Dict[str, Any]):
     log_a_sym = log_a.logsumexp(0) - math.log(len(perms))
     num, den = _log_mean(log_a_sym), _log_mean(log_b)
     raw = w_star + den - _log_mean(log_a[0])  # the identity alone: uncorrected
-    var = _rel_var(log_a_sym) + _rel_var(log_b)
-    return w_star + den - num, var, raw, num, den
+    var, raw_var = _rel_var(log_a_sym) + _rel_var(log_b), _rel_var(log_a[0]) + _rel_var(log_b)
+    return w_star + den - num, var, raw, raw_var, num, den, torch.full_like(var, len(perms))
 
 
 def _log_mean(log_x: torch.Tensor) -> torch.Tensor:
