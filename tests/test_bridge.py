@@ -1,49 +1,19 @@
 """``bridge`` against known evidence: targets of the benchmark pack (a hand-written guide and
 autoguides), a local model whose per-datapoint evidence is closed form (the stderr's
-calibration), a mixture against a reference computed here, and its refusals. Tolerances: 3 of
-the estimate's own stderr (plus the reference's), or binomial bounds stated where used."""
+calibration), the equal-cost comparison with ``is-guide``, and its refusals (on a mixture:
+tests/test_chib.py). Tolerances: 3 of the estimate's own stderr, or binomial bounds stated
+where used."""
 
-import math
-
-import numpy as np
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions import constraints
 
 import inference
 import zoo
 from conftest import cuda_or_skip
 from inference import estimators, pack
 from inference.estimators import NotApplicable
-
-A, B = 2.0, 1.0  # the Gamma prior of the local Gamma-Poisson model
-
-
-def gamma_poisson(k):
-    """lam_n ~ Gamma(A, B), k_n ~ Poisson(lam_n): p(k_n) is negative binomial; the posterior
-    of log lam_n is skewed (a log-gamma), so no Gaussian proposal is exact."""
-    with pyro.plate("data", len(k)) as i:
-        lam = pyro.sample("lam", dist.Gamma(A, B))
-        pyro.sample("k", dist.Poisson(lam), obs=k[i])
-
-
-def gamma_guide(k):
-    with pyro.plate("data", len(k)):
-        a = pyro.param("qa", lambda: torch.full((len(k),), 2.0), constraint=constraints.positive,
-                       event_dim=0)
-        b = pyro.param("qb", lambda: torch.full((len(k),), 1.5), constraint=constraints.positive,
-                       event_dim=0)
-        pyro.sample("lam", dist.Gamma(a, b))
-
-
-def gamma_poisson_data(n=200, seed=0):
-    rng = np.random.default_rng(seed)
-    k = torch.tensor(rng.poisson(rng.gamma(A, 1 / B, n)), dtype=torch.float32)
-    exact = (torch.lgamma(A + k) - math.lgamma(A) - torch.lgamma(k + 1) + A * math.log(B)
-             - (A + k) * math.log(B + 1)).double()
-    return k, exact
+from toy import gamma_guide, gamma_poisson, gamma_poisson_data
 
 
 @pytest.fixture(scope="module")
