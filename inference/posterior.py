@@ -8,8 +8,9 @@ end of the annealing path -- with the transitions of :mod:`inference.hmc`; one v
 moves every chain and, in local scope, every datapoint's own posterior ``[C, B, D]``.
 
 1. They start at the guide's draws (``start="guide"``: any guide that samples the model's
-   latents, autoguides and point masses included), or at the prior's, annealed to the
-   posterior over ``temperatures`` of the geometric path as ``ais`` does (``start="prior"``).
+   latents, autoguides and point masses included; the prior's where it cannot), or at the
+   prior's, annealed to the posterior over ``temperatures`` of the geometric path as ``ais``
+   does (``start="prior"``).
 2. Over the first half of ``warmup`` transitions the step size moves towards
    ``target_accept`` [1, 2], and at 10%, 20% and 33% of the warm-up the chains' own spread
    sets a dense mass matrix: the chains move in ``v = L^-1 (u - m)``, ``m`` and ``L L^T`` the
@@ -50,9 +51,10 @@ from torch.distributions import MultivariateNormal
 
 from inference.annealing import schedule
 from inference.estimators import NotApplicable, Problem
+from inference.estimators.laplace import check_continuous, guide_start
 from inference.hmc import adapt_step_size, transition
-from inference.path import Path, draw, latents
-from inference.replay import NotEnumerable, sample_sites
+from inference.path import Path, draw
+from inference.replay import sample_sites
 from inference.sampling import check_proposal
 
 #: the options of the chains, with their defaults
@@ -77,33 +79,22 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> int:
         raise ValueError("warmup must be >= 2, leapfrog_steps >= 1 and temperatures >= 1")
     if not o["step_size"] > 0 or not 0 < o["target_accept"] < 1:
         raise ValueError("step_size must be > 0 and 0 < target_accept < 1")
+    check_continuous(problem, method, "HMC")
     idx = first_datapoints(problem)
-    try:
-        _, model_tr, _ = draw(problem, 1, "prior", idx)
-    except NotEnumerable as err:
-        raise NotApplicable(f"{method}: site {err.site!r} depends on a discrete latent enumerated "
-                            "outside the data plate; sample it in the guide and use 'is-guide'") from None
-    sites = latents(problem, model_tr)
-    for name, site in sites:
-        if site["fn"].support.is_discrete:
-            raise NotApplicable(f"{method}: latent site {name!r} is discrete and HMC draws continuous "
-                                "latents; enumerate it inside the data plate (config_enumerate), "
-                                "sum it out in the model, or use 'is-guide'")
-    if not sites:
-        raise NotApplicable(f"{method}: the model has no continuous latents to draw; use 'exact'")
-    if o["start"] == "guide" or o["proposal"] == "guide":
+    path = Path(problem, "prior", 1, idx)
+    if not path.sites:
+        raise NotApplicable(f"{method}: the model has no latents to draw; use 'exact'")
+    if o["proposal"] == "guide":
         try:
             _, _, guide_tr = draw(problem, 1, "guide", idx)
         except ValueError as err:
             if "has no site" not in str(err):
                 raise
-            raise NotApplicable(f"{method}: {err}; or use start='prior' and proposal='gaussian'") from None
-    if o["proposal"] == "guide":
+            raise NotApplicable(f"{method}: {err}; or use proposal='gaussian'") from None
         check_proposal(problem)
         if any(s["infer"].get("is_auxiliary") for _, s in sample_sites(guide_tr, latent_only=True)):
             raise NotApplicable(f"{method}: the guide draws through an auxiliary site (an autoguide) "
                                 "and has no density at given latents; use proposal='gaussian'")
-    path = Path(problem, "prior", 1, idx)
     return path.pack(path.initial).shape[-1]
 
 
@@ -128,10 +119,7 @@ def sample(problem: Problem, idx, counts: List[int], o: Dict[str, Any]) -> Draws
     us, joints, jacs, diffs, acc = [], [], [], [], []
     for count in counts:
         path = Path(problem, "prior", count, idx, jit=bool(o["jit"]))
-        x = path.pack(path.initial)
-        if o["start"] == "guide":
-            _, model_tr, _ = draw(problem, count, "guide", idx)
-            x = path.constrained({n: model_tr.nodes[n]["value"].detach() for n, *_ in path.sites})
+        x = guide_start(problem, path, idx, point=False) if o["start"] == "guide" else path.pack(path.initial)
         x, f, diff, a = _chains(path, x, o)
         _, lj = path.transformed(x)
         lj = (f.new_zeros(f.shape) + lj).double()

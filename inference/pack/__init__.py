@@ -156,4 +156,4 @@ def get(name: str) -> Benchmark:
 
 # Importing the pack's targets registers them, in this order.
 from inference.pack import (beta_bernoulli, gaussian_shells, correlated_gaussian,  # noqa: E402,F401
-                            loggamma, gaussian_32d)
+                            loggamma, gaussian_32d, radiata)

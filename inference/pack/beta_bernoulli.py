@@ -36,7 +36,7 @@ def log_beta(a: float, b: float) -> float:
 class _BetaBernoulli(Benchmark):
     prior = (1.0, 1.0)
     dims = 1
-    steps, lr = 600, 0.05
+    steps, lr = 300, 0.05
 
     def data(self):
         return (torch.tensor([1.0, 0.0] * HEADS),)
@@ -67,6 +67,7 @@ class BetaBernoulliFlat(_BetaBernoulli):
     source = "closed form: log B(51, 51) - log B(1, 1) = -71.39896"
     guides = ("beta",)
     prior = (1.0, 1.0)
+    lr = 0.1
 
     def make_guide(self, kind):
         return beta_guide

@@ -50,7 +50,10 @@ class CorrelatedGaussian3(Benchmark):
               "holding all but < 1e-18 of the likelihood's mass")
     dims = 3
     guides = ("mvn", "meanfield")
-    steps, lr = 1500, 0.02
+    steps, lr = 400, 0.03
+    fit_options = {"num_particles": 16}
+    fails = {"is-prior": "the posterior fills 1.7e-4 of the box: the estimate is close at K = 1e6 "
+                         "but its weights' tail (k-hat ~2) leaves the stderr unvouched below ~1e7"}
 
     def data(self):
         return (torch.linspace(-1.0, 1.0, self.dims).unsqueeze(0),)

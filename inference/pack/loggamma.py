@@ -20,8 +20,11 @@ The data are the bumps: row ``i`` holds the two locations of ``g_i`` (equal for 
 whether it is a LogGamma (1) or a Gaussian (0). The default guide (``"mixture"``, written by
 hand) is a mixture of diagonal Gaussians in the logit space, one component for each
 combination of bumps (four), started at the bumps; ``"autonormal"`` sees one bump per
-coordinate and misses three quarters of the mass. ``is-prior`` fails in 30-D: the posterior
-fills about 0.1^30 of the cube.
+coordinate and misses three quarters of the mass. ``is-prior`` fails: the posterior fills
+about 1e-5 of the cube in 5-D, 1e-30 in 30-D. ``is-guide`` works, at the edge: the guide's
+Gaussian tails meet the LogGamma bumps' exponential ones, and its k-hat sits near the 0.7
+threshold in 30-D (0.65 to 1 over fits and seeds), so its stderr is vouched for in some runs
+and not in others.
 
 References
 
@@ -48,11 +51,11 @@ from inference.pack import Benchmark, register
 SCALE = 1.0 / 30
 
 
-def bumps(d: int) -> torch.Tensor:
+def bumps(d: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``[d, 3]``: the two bump locations of each coordinate and 1 for LogGamma, 0 for Gaussian."""
     rows = [(2 / 3, 1 / 3, 1.0), (2 / 3, 1 / 3, 0.0)]
     rows += [(2 / 3, 2 / 3, 1.0 if i <= (d + 2) / 2 else 0.0) for i in range(2, d)]
-    return torch.tensor(rows)
+    return torch.tensor(rows, dtype=dtype)
 
 
 def log_likelihood(theta: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -84,7 +87,7 @@ def mixture_guide(table: torch.Tensor) -> None:
 class _LogGamma(Benchmark):
     data_plate = None
     guides = ("mixture", "autonormal")
-    steps, lr = 1500, 0.01
+    steps, lr = 300, 0.01
 
     def data(self):
         return (bumps(self.dims),)
@@ -100,7 +103,7 @@ class _LogGamma(Benchmark):
                                                init_loc_fn=pyro.infer.autoguide.init_to_median)
 
     def reference(self) -> float:
-        table = bumps(self.dims).double()
+        table = bumps(self.dims, torch.float64)
         total = 0.0
         for a, b, loggamma in table.tolist():
             mass = 0.0
@@ -121,6 +124,7 @@ class LogGamma5(_LogGamma):
     summary = "LogGamma/Gaussian bumps in 5-D (2 bimodal coordinates), uniform prior on [0, 1]^5"
     source = "sum of the bumps' log masses in [0, 1] from their CDFs: -2.27e-5 (Beaujean & Caldwell 2013: 0)"
     dims = 5
+    fails = {"is-prior": "the posterior fills ~1e-5 of the cube: k-hat > 2 even at K = 1e6"}
 
 
 @register
@@ -130,6 +134,4 @@ class LogGamma30(_LogGamma):
     source = "sum of the bumps' log masses in [0, 1] from their CDFs: -2.27e-5 (Beaujean & Caldwell 2013: 0)"
     dims = 30
     fails = {"is-prior": "the posterior fills ~1e-30 of the prior's cube: prior draws never "
-                         "reach it at any affordable K (weights degenerate, k-hat > 0.7)",
-             "is-guide": "the guide's Gaussian tails against the exponential left tails of 15 "
-                         "LogGamma coordinates: k-hat 0.75-1 up to K = 1e5, stderr not vouched"}
+                         "reach it at any affordable K (weights degenerate, k-hat > 0.7)"}
