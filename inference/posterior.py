@@ -1,6 +1,6 @@
 """Posterior draws for the estimators that start from them (``bridge``, ``chib``): K
-independent HMC chains, each ending at one draw, and the proposals those estimators compare
-the posterior with.
+independent HMC chains, each ending at one draw, and the checks that the draws are the
+posterior's (their proposals: :mod:`inference.proposals`).
 
 **The chains.** With the model's latents ``z = T(u)`` moved to ``R^D`` as in
 :mod:`inference.path`, the chains target ``pi(u) ∝ p(x, T(u)) |det dT/du|`` -- the ``beta = 1``
@@ -20,14 +20,24 @@ moves every chain and, in local scope, every datapoint's own posterior ``[C, B, 
    of each chain is its draw. The draws are independent across chains (up to the shared
    step size and mass matrix), so no autocorrelation enters the estimators' errors.
 
-**Drift check.** A fixed kernel started at stationarity keeps the mean of ``log pi``; the
-paired z-score of ``log pi`` between the start and the end of the second half, per datapoint,
-is ``drift_z`` (its largest absolute value), and above the Bonferroni bound of a 1e-3
-false-alarm rate the stderr is not vouched for (raise ``warmup``).
+**Checks** (:class:`Checks`; a failed one is a caveat: the stderr is not vouched for).
 
-**Relabelling.** For a target whose ``symmetries`` declare exchangeable components (global
-scope), :func:`relabellings` maps each draw to its ``C!`` relabelled copies, in ``u``; the
-estimators symmetrise over them, as ``is-guide`` does [4].
+* *Drift*: a fixed kernel started at stationarity keeps the mean of ``log pi``; the paired
+  z-score of ``log pi`` between the start and the end of the second half, per datapoint
+  (``drift_z``, the largest), above the Bonferroni bound of a 1e-3 false-alarm rate; or an
+  acceptance below 5% there (``acceptance_fixed``): chains that barely move cannot drift.
+* *Overlap*: PSIS k-hats [4] of ``p(x, z) / g(z)`` at the proposal's draws
+  (``khat_proposal``) and of ``g / p`` at the posterior's (``khat_posterior``), ``g`` the
+  estimator's proposal: where both tails are heavy, neither set of draws sees the regions
+  that carry the other's mass, and no error measure computed from them can either.
+* *Annealing* (``start="prior"``): the annealing's own AIS estimate [5] (``ais``,
+  ``ais_stderr``) must agree with the estimator's within 4 combined stderr; it disagrees when
+  the draws miss posterior mass or hold its modes in the wrong proportions.
+
+What none of them sees: a mode no chain reaches (a unimodal guide's start on a multimodal
+posterior, e.g. the pack's Gaussian shells). ``start="prior"`` reaches more modes but holds
+them in the proportions of a short annealing only, and its draws fit worse on the other pack
+targets.
 
 References
 
@@ -35,19 +45,17 @@ References
 [2] Buchholz, Chopin, Jacob (2021), Adaptive tuning of Hamiltonian Monte Carlo within
     sequential Monte Carlo, Bayesian Analysis.
 [3] Carpenter et al. (2017), Stan: a probabilistic programming language, J. Stat. Softw.
-[4] Frühwirth-Schnatter (2004), Estimating marginal likelihoods for mixture and Markov
-    switching models using bridge sampling techniques, Econometrics Journal.
+[4] Vehtari, Simpson, Gelman, Yao, Gabry (2024), Pareto smoothed importance sampling, JMLR.
+[5] Neal (2001), Annealed importance sampling, Statistics and Computing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Any, Dict, List
 
 import torch
-from torch.distributions import MultivariateNormal
 
 from inference.annealing import schedule
 from inference.estimators import NotApplicable, Problem
@@ -56,6 +64,7 @@ from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw
 from inference.replay import sample_sites
 from inference.sampling import check_proposal
+from inference.weights import WeightStats, khat_threshold, pareto_khat
 
 #: the options of the chains, with their defaults
 OPTIONS = {"start": "guide", "warmup": 50, "temperatures": 20, "leapfrog_steps": 5,
@@ -69,8 +78,11 @@ def chain_cost(o: Dict[str, Any]) -> int:
     return anneal + 1 + W * L
 
 
-def check(problem: Problem, method: str, o: Dict[str, Any]) -> int:
-    """Refuse, in one line, what the chains cannot run on; returns D, the latent dimension."""
+def check(problem: Problem, method: str, o: Dict[str, Any]) -> None:
+    """Refuse, in one line, what the chains or the proposal cannot run on."""
+    if problem.num_samples < 4:
+        raise ValueError(f"num_samples K={problem.num_samples} is too small for {method}: half "
+                         "the draws fit the proposal, half enter the estimate; use K >= 4")
     if o["start"] not in ("guide", "prior"):
         raise ValueError(f"start={o['start']!r}: use 'guide' or 'prior'")
     if o["proposal"] not in ("gaussian", "guide"):
@@ -81,8 +93,7 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> int:
         raise ValueError("step_size must be > 0 and 0 < target_accept < 1")
     check_continuous(problem, method, "HMC")
     idx = first_datapoints(problem)
-    path = Path(problem, "prior", 1, idx)
-    if not path.sites:
+    if not Path(problem, "prior", 1, idx).sites:
         raise NotApplicable(f"{method}: the model has no latents to draw; use 'exact'")
     if o["proposal"] == "guide":
         try:
@@ -95,7 +106,6 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> int:
         if any(s["infer"].get("is_auxiliary") for _, s in sample_sites(guide_tr, latent_only=True)):
             raise NotApplicable(f"{method}: the guide draws through an auxiliary site (an autoguide) "
                                 "and has no density at given latents; use proposal='gaussian'")
-    return path.pack(path.initial).shape[-1]
 
 
 def first_datapoints(problem: Problem):
@@ -112,15 +122,19 @@ class Draws:
     log_jac: torch.Tensor
     drift: torch.Tensor  # the paired z-score of log pi, [B]
     acceptance: float
+    fixed_acceptance: torch.Tensor  # over the second half, [B]
+    ais: Any = None  # the annealing's log weights [K, B] (start="prior")
 
 
 def sample(problem: Problem, idx, counts: List[int], o: Dict[str, Any]) -> Draws:
     """``sum(counts)`` chains, in chunks of ``counts``, for the datapoints ``idx``."""
-    us, joints, jacs, diffs, acc = [], [], [], [], []
+    us, joints, jacs, diffs, acc, weights, moved = [], [], [], [], [], [], []
     for count in counts:
         path = Path(problem, "prior", count, idx, jit=bool(o["jit"]))
         x = guide_start(problem, path, idx, point=False) if o["start"] == "guide" else path.pack(path.initial)
-        x, f, diff, a = _chains(path, x, o)
+        x, f, diff, a, fixed, log_w = _chains(path, x, o)
+        weights.append(log_w)
+        moved.append(fixed * count)
         _, lj = path.transformed(x)
         lj = (f.new_zeros(f.shape) + lj).double()
         us.append(x)
@@ -131,193 +145,137 @@ def sample(problem: Problem, idx, counts: List[int], o: Dict[str, Any]) -> Draws
     d = torch.cat(diffs)
     d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
     z = d.mean(0) / (d.std(0) / math.sqrt(len(d))).clamp(min=1e-300) if len(d) > 1 else d[0] * 0
+    ais = None if weights[0] is None else torch.cat(weights)
     return Draws(torch.cat(us), torch.cat(joints), torch.cat(jacs), z,
-                 float(torch.stack(acc).mean()))
+                 float(torch.stack(acc).mean()), sum(moved) / sum(counts), ais)
 
 
 def _chains(path: Path, x: torch.Tensor, o: Dict[str, Any]):
     """Anneal (prior start), then ``warmup`` transitions at ``beta = 1``: the first half adapts
     the step size and the mass matrix, the second keeps them fixed. Returns the final states,
-    their ``log pi``, its change over the second half ``[C, B]`` and the mean acceptance."""
+    their ``log pi``, its change over the second half ``[C, B]``, the mean acceptance, that of
+    the second half per datapoint ``[B]`` and the annealing's AIS log weights (``None`` from
+    the guide)."""
     L, target, W = int(o["leapfrog_steps"]), o["target_accept"], int(o["warmup"])
     step = torch.full((path.B,), float(o["step_size"]), dtype=x.dtype, device=x.device)
-    if o["start"] == "prior":
-        for beta in schedule(int(o["temperatures"]))[1:-1]:
-            pot = path.potential(float(beta))
-            f, g, d = pot(x)
-            x, f, g, d, prob = transition(x, f, g, d, pot, step, L)
-            step = adapt_step_size(step, prob, target)
-    pot = path.potential(1.0)
-    f, g, aux = pot(x)
-    D = x.shape[-1]
-    m = x.new_zeros(x.shape[1:])
-    chol = torch.eye(D, dtype=x.dtype, device=x.device).expand(path.B, D, D)
-    windows, accept, mid = {max(1, W // 10), max(1, W // 5), max(1, W // 3)}, [], f
-    v = x
+    frame, accept, log_w = _Whitened(x), [], None
+    v = frame.v(x)
+    if o["start"] == "prior":  # AIS along the path, the mass matrix refitted at each temperature
+        betas = schedule(int(o["temperatures"]))
+        _, _, diff = path.potential(0.0)(x)
+        log_w = torch.zeros_like(diff, dtype=torch.float64)
+        for t in range(1, len(betas)):
+            log_w = log_w + float(betas[t] - betas[t - 1]) * diff.double()
+            pot = frame.potential(path.potential(float(betas[t])))
+            v = frame.refit(frame.u(v))
+            f, g, diff = pot(v)
+            if t < len(betas) - 1:
+                v, f, g, diff, prob = transition(v, f, g, diff, pot, step, L)
+                step = adapt_step_size(step, prob, target)
+    pot = frame.potential(path.potential(1.0))
+    f, g, aux = pot(v)
+    windows, mid, steps, fixed = {max(1, W // 10), max(1, W // 5), max(1, W // 3)}, f, [], 0.0
     for t in range(W):
         if t in windows:
-            m, chol, v, g = _mass(x, g, m, chol, v)
-            step = torch.full_like(step, 0.5)
-        if t == W // 2:
-            mid = f
-
-        def whitened(v):
-            fv, gu, a = pot(m + (chol @ v.unsqueeze(-1)).squeeze(-1))
-            return fv, (chol.transpose(-1, -2) @ gu.unsqueeze(-1)).squeeze(-1), a
-
-        v, f, g, aux, prob = transition(v, f, g, aux, whitened, step, L)
-        x = m + (chol @ v.unsqueeze(-1)).squeeze(-1)
+            v = frame.refit(frame.u(v))
+            f, g, aux = pot(v)  # not counted: the same point, its gradient in the new frame
+            step, steps = torch.full_like(step, 0.5), []
+        if t == W // 2:  # the kernel fixed from here, its step the mean of the last window's
+            mid, step = f, torch.stack(steps).log().mean(0).exp() if steps else step
+        v, f, g, aux, prob = transition(v, f, g, aux, pot, step, L)
         if t < W // 2:
-            step = adapt_step_size(step, prob, target)
+            step = adapt_step_size(step, prob, target, rate=1.0)
+            steps.append(step)
+        else:
+            fixed = fixed + prob.mean(0) / (W - W // 2)
         accept.append(prob.mean())
-    return x.detach(), f, f - mid, torch.stack(accept).mean()
+    return frame.u(v).detach(), f, f - mid, torch.stack(accept).mean(), fixed, log_w
 
 
-def _mass(x, g, m, chol, v):
-    """The mean and Cholesky factor of the chains' covariance per datapoint (dense with at least
-    2 (D + 1) chains, else diagonal; kept where it is not positive definite), and the state and
-    gradient in the new coordinates (``g`` is the gradient in the old ``v``)."""
-    C, B, D = x.shape
-    if C < 4:
-        return m, chol, v, g
-    grad_u = torch.linalg.solve_triangular(chol.transpose(-1, -2), g.unsqueeze(-1), upper=True).squeeze(-1)
-    xd = x.double()
-    mean = xd.mean(0)
-    c = xd - mean
-    cov = torch.einsum("cbi,cbj->bij", c, c) / (C - 1)
-    diag = torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))
-    cov = cov if C >= 2 * (D + 1) else diag
-    cov = C / (C + 5) * cov + 5 / (C + 5) * 1e-3 * diag  # shrunk, as Stan does [3]
-    new, info = torch.linalg.cholesky_ex(cov)
-    ok = (info == 0) & torch.isfinite(new).flatten(1).all(-1) & (cov.diagonal(dim1=-2, dim2=-1) > 0).all(-1)
-    chol = torch.where(ok[:, None, None], new.to(x.dtype), chol)
-    m = torch.where(ok[:, None], mean.to(x.dtype), m)
-    v = torch.linalg.solve_triangular(chol, (x - m).unsqueeze(-1), upper=False).squeeze(-1)
-    return m, chol, v, (chol.transpose(-1, -2) @ grad_u.unsqueeze(-1)).squeeze(-1)
+class _Whitened:
+    """HMC's coordinates ``v = L^-1 (u - m)``: the mass matrix ``(L L^T)^-1`` from the chains'
+    spread, per datapoint (dense with at least ``2 (D + 1)`` chains, else diagonal; kept where
+    the fit is not positive definite)."""
+
+    def __init__(self, x: torch.Tensor):
+        C, B, D = x.shape
+        self.m = x.new_zeros(B, D)
+        self.chol = torch.eye(D, dtype=x.dtype, device=x.device).expand(B, D, D)
+
+    def u(self, v: torch.Tensor) -> torch.Tensor:
+        return self.m + (self.chol @ v.unsqueeze(-1)).squeeze(-1)
+
+    def v(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.chol, (u - self.m).unsqueeze(-1), upper=False).squeeze(-1)
+
+    def potential(self, pot):
+        def fn(v):
+            f, g, aux = pot(self.u(v))
+            return f, (self.chol.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1), aux
+        return fn
+
+    def refit(self, x: torch.Tensor) -> torch.Tensor:
+        """Refit to the chains at ``x`` ``[C, B, D]``; returns their new coordinates."""
+        C, B, D = x.shape
+        if C >= 4:
+            c = x.double() - x.double().mean(0)
+            cov = torch.einsum("cbi,cbj->bij", c, c) / (C - 1)
+            diag = torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))
+            cov = (cov if C >= 2 * (D + 1) else diag) + 1e-8 * diag
+            new, info = torch.linalg.cholesky_ex(cov)
+            ok = (info == 0) & torch.isfinite(new).flatten(1).all(-1) & (diag.flatten(1) > 0).any(-1)
+            self.chol = torch.where(ok[:, None, None], new.to(x.dtype), self.chol)
+            self.m = torch.where(ok[:, None], x.mean(0), self.m)
+        return self.v(x)
 
 
-def drift_caveats(z: torch.Tensor) -> List[str]:
-    """The drift check of the module docstring, one sentence if it fails."""
-    B = z.numel()
-    bound = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - 5e-4 / B)))
-    worst = float(z.abs().max())
-    if worst > bound:
-        return [f"the chains' log density still drifted after warm-up (z = {worst:.1f} > "
-                f"{bound:.1f}): the draws may not be from the posterior; raise warmup"]
-    return []
+class Checks:
+    """The checks of the module docstring over the chunks of datapoints: the chains' drift,
+    the overlap of proposal and posterior, and (``start="prior"``) the annealing's own
+    estimate. :meth:`add` takes a chunk's draws and its log ratios ``log p(x, z) - log g(z)``
+    at the posterior's (``l1``) and the proposal's (``l2``) draws."""
 
+    def __init__(self, budget: int):
+        self.budget, self.drift, self.moved, self.k_prop, self.k_post, self.ais = budget, [], [], [], [], []
 
-class Densities:
-    """``log p(x, z)`` and the proposals' densities at given ``u`` ``[n, B, D]`` for the
-    datapoints ``idx``, in chunks of ``chunk`` chains; every model evaluation is counted."""
+    def add(self, draws: Draws, l1: torch.Tensor, l2: torch.Tensor) -> None:
+        self.drift.append(draws.drift)
+        self.moved.append(draws.fixed_acceptance)
+        self.k_prop.append(self._khat(l2))
+        self.k_post.append(self._khat(-l1))
+        self.threshold = min(khat_threshold(len(l1)), khat_threshold(len(l2)))
+        if draws.ais is not None:
+            st = WeightStats(len(draws.ais))
+            st.update(draws.ais)
+            self.ais.append(st)
 
-    def __init__(self, problem: Problem, idx, chunk: int):
-        self.problem, self.idx, self.chunk = problem, idx, chunk
-        self._paths: Dict[Any, Path] = {}
-        self.evaluations = 0
+    def _khat(self, lw: torch.Tensor) -> torch.Tensor:
+        st = WeightStats(len(lw))
+        st.update(torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw))
+        return pareto_khat(st.top, len(lw), self.budget)
 
-    def path(self, n: int, start: str = "prior") -> Path:
-        if (n, start) not in self._paths:
-            self._paths[n, start] = Path(self.problem, start, n, self.idx)
-        return self._paths[n, start]
-
-    def joint(self, u: torch.Tensor):
-        """``log p(x, T(u))`` and ``log |det dT/du|`` (float64, ``-inf`` where not finite)."""
+    def finish(self, value: float, stderr: float):
+        """``(caveats, diagnostics)`` for an estimate ``value +- stderr`` (totals)."""
+        z, kp, kq = torch.cat(self.drift), torch.cat(self.k_prop), torch.cat(self.k_post)
+        bound = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - 5e-4 / z.numel())))
+        diag = dict(drift_z=float(z.abs().max()), khat_proposal=float(kp.max()),
+                    khat_posterior=float(kq.max()),
+                    acceptance_fixed=float(torch.cat(self.moved).min()))
         out = []
-        for part in u.split(self.chunk):
-            _, j, lj = self.path(len(part)).densities(part)
-            self.evaluations += len(part)
-            j = torch.where(torch.isfinite(j), j, torch.full_like(j, -math.inf)).double()
-            out.append((j, (j.new_zeros(j.shape) + lj).double()))
-        return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
-
-    def log_jac(self, u: torch.Tensor) -> torch.Tensor:
-        parts = [self.path(len(p)).transformed(p)[1] for p in u.split(self.chunk)]
-        return torch.cat([u.new_zeros(len(p), u.shape[1]).double() + lj
-                          for p, lj in zip(u.split(self.chunk), parts)])
-
-    def relabel(self, u: torch.Tensor, perm) -> torch.Tensor:
-        """``u`` of the draws with their exchangeable components permuted by ``perm``."""
-        sym, out = self.problem.target.symmetries, []
-        p = torch.tensor(perm, device=u.device)
-        for part in u.split(self.chunk):
-            path = self.path(len(part))
-            values, _ = path.transformed(part)
-            values = {n: v.index_select(sym[n] % v.dim(), p) if n in sym else v
-                      for n, v in values.items()}
-            out.append(path.constrained(values))
-        return torch.cat(out)
-
-
-def relabellings(problem: Problem, dens: Densities, u: torch.Tensor) -> list:
-    """The ``C!`` permutations of the exchangeable components (global scope), else the identity."""
-    sym = problem.target.symmetries
-    if problem.local or not sym:
-        return [None]
-    values, _ = dens.path(1).transformed(u[:1])
-    sizes = {values[n].shape[d] for n, d in sym.items() if n in values}
-    if len(sizes) != 1:
-        raise ValueError(f"symmetric sites {dict(sym)} disagree on the number of components")
-    (C,) = sizes
-    if C > 7:
-        raise ValueError(f"{C} components give {math.factorial(C)} relabellings; too many to symmetrise")
-    return list(itertools.permutations(range(C)))
-
-
-class Gaussian:
-    """``N(m, S)`` in ``u``, fitted to draws ``[n, B, D]`` per datapoint (float64)."""
-
-    def __init__(self, u: torch.Tensor):
-        n, B, D = u.shape
-        x = u.double()
-        self.mean = x.mean(0)
-        c = x - self.mean
-        cov = torch.einsum("nbi,nbj->bij", c, c) / (n - 1)
-        cov = cov + 1e-10 * torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))
-        self.chol, info = torch.linalg.cholesky_ex(cov)
-        if (info != 0).any() or not torch.isfinite(self.chol).all():
-            raise RuntimeError("the posterior draws are degenerate (their covariance is singular): "
-                               "the chains did not move; lower step_size or raise warmup")
-        self.dist = MultivariateNormal(self.mean, scale_tril=self.chol)
-        self.dtype = u.dtype
-
-    def sample(self, n: int) -> torch.Tensor:
-        return self.dist.sample((n,)).to(self.dtype)
-
-    def log_density(self, dens: Densities, u: torch.Tensor) -> torch.Tensor:
-        """Its density at ``z = T(u)``, in ``z``: ``log N(u) - log |det dT/du|``."""
-        return self.dist.log_prob(u.double()) - dens.log_jac(u)
-
-
-class Guide:
-    """The guide as the proposal."""
-
-    def __init__(self, dens: Densities):
-        self.dens = dens
-
-    def sample(self, n: int):
-        """``n`` guide draws ``u``, with ``log p(x, z)`` and ``log q(z)`` there."""
-        us, joints, logq = [], [], []
-        for k in range(0, n, self.dens.chunk):
-            path = Path(self.dens.problem, "guide", min(self.dens.chunk, n - k), self.dens.idx)
-            u = path.pack(path.initial)
-            q, j, _ = path.densities(u)
-            self.dens.evaluations += len(u)
-            us.append(u)
-            joints.append(torch.where(torch.isfinite(j), j, torch.full_like(j, -math.inf)).double())
-            logq.append(q.double())
-        return torch.cat(us), torch.cat(joints), torch.cat(logq)
-
-    def log_density(self, dens: Densities, u: torch.Tensor) -> torch.Tensor:
-        out = []
-        for part in u.split(dens.chunk):
-            values, _ = dens.path(len(part)).transformed(part)
-            out.append(dens.path(len(part), "guide").guide_density(values).double())
-        return torch.cat(out)
-
-
-def proposal_densities(problem: Problem, proposal, dens: Densities, u: torch.Tensor,
-                       perms: list) -> torch.Tensor:
-    """``log g(σ z)`` ``[len(perms), n, B]`` at every relabelling ``σ`` of the draws ``u``."""
-    return torch.stack([proposal.log_density(dens, u if p is None else dens.relabel(u, p))
-                        for p in perms])
+        if diag["drift_z"] > bound or diag["acceptance_fixed"] < 0.05:
+            out.append(f"the chains did not settle in warm-up (drift z = {diag['drift_z']:.1f}, "
+                       f"bound {bound:.1f}; acceptance {diag['acceptance_fixed']:.2f}): raise warmup")
+        both = torch.minimum(kp, kq)
+        if (both > self.threshold).any():
+            out.append(f"the proposal and the posterior draws overlap too little (k-hat of p/g at "
+                       f"the proposal's draws {float(kp.max()):.2f} and of g/p at the posterior's "
+                       f"{float(kq.max()):.2f}): the error measure misses what neither sees")
+        if self.ais:
+            ais = float(sum(s.log_mean().sum() for s in self.ais))
+            se = float(sum(s.is_stderr().pow(2).sum() for s in self.ais)) ** 0.5
+            diag.update(ais=ais, ais_stderr=se)
+            if abs(value - ais) > 4 * math.hypot(stderr, se):
+                out.append(f"the annealing's own estimate {ais:.4g} +- {se:.2g} disagrees: the "
+                           "draws miss posterior mass or hold its modes in the wrong proportions; "
+                           "raise temperatures")
+        return out, diag

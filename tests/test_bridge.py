@@ -31,9 +31,9 @@ def fits():
 @pytest.mark.parametrize("name, options", [
     ("beta-bernoulli-flat", {}),  # a hand-written Beta guide
     ("beta-bernoulli-flat", {"proposal": "guide"}),
-    ("beta-bernoulli-30", {"variant": "warp3"}),  # AutoNormal
+    ("beta-bernoulli-30", {"variant": "warp3", "start": "prior"}),  # AutoNormal
     ("gaussian-3d-correlated", {}),  # AutoMultivariateNormal
-    ("gaussian-3d-correlated", {"variant": "warp3", "start": "prior"}),
+    ("gaussian-3d-correlated", {"variant": "warp3"}),
 ])
 def test_within_three_stderr_on_pack_targets(fits, name, options):
     b, fit = fits[name]
@@ -59,17 +59,38 @@ def test_beats_is_guide_with_a_meanfield_guide_on_a_correlated_posterior():
         assert abs(br.log_evidence - b.log_evidence) < abs(iw.log_evidence - b.log_evidence), seed
 
 
-@pytest.mark.parametrize("variant", ["normal", "warp3"])
-def test_stderr_is_calibrated_across_datapoints(variant):
+@pytest.mark.parametrize("method, name, options, caveat", [
+    # the prior's draws annealed over 20 temperatures hold the bimodal coordinates' modes in
+    # the wrong proportions: the Gaussian fitted to them is far off and so is the estimate
+    ("bridge", "loggamma-5d", {"start": "prior"}, "annealing's own estimate"),
+    # ... and across the correlated posterior's ridge the proposal and draws barely overlap
+    ("bridge", "gaussian-3d-correlated", {"start": "prior"}, "overlap too little"),
+    ("chib", "gaussian-3d-correlated", {"start": "prior"}, "overlap too little"),
+    # 4 transitions of warm-up from the prior: the chains are still on their way
+    ("bridge", "gaussian-32d", {"start": "prior", "temperatures": 1, "warmup": 4}, "did not settle"),
+    ("chib", "gaussian-32d", {"start": "prior", "temperatures": 1, "warmup": 4}, "did not settle"),
+])
+def test_checks_flag_draws_that_are_not_the_posterior(method, name, options, caveat):
+    b = pack.get(name)
+    est = inference.estimate(b.target(), b.data(), method, 400, seed=0, **options)
+    assert not est.vouched and any(caveat in c for c in est.caveats), est.caveats
+    if caveat == "annealing's own estimate":  # flagged because it is wrong, not by chance
+        assert abs(est.log_evidence - b.log_evidence) > 3 * est.stderr
+
+
+@pytest.mark.parametrize("variant, coverage", [("normal", 0.95), ("warp3", 0.91)])
+def test_stderr_is_calibrated_across_datapoints(variant, coverage):
     # 200 datapoints, each its own posterior, draws and proposal: 200 independent trials.
-    # Inside 1.96 stderr ~ Binomial(200, 0.95): mean 190, sd 3.1, accept >= 180 (-3.2 sd);
-    # inside 0.674 stderr ~ Binomial(200, 0.5): mean 100, sd 7.1, accept 78..122 (3.1 sd):
-    # a stderr too small fails the first, one too large the second.
+    # Inside 1.96 stderr ~ Binomial(200, coverage): 0.95 nominal (mean 190, sd 3.1), 0.91 for
+    # warp-3 as its docstring states (mean 182, sd 4.0); accept down to 3 sd below. Inside
+    # 0.674 stderr ~ Binomial(200, 0.5): mean 100, sd 7.1, accept 78..122 (3.1 sd). A stderr
+    # too small fails the first, one too large the second.
+    lowest = 200 * coverage - 3 * (200 * coverage * (1 - coverage)) ** 0.5
     k, exact = gamma_poisson_data()
     est = inference.estimate((gamma_poisson, gamma_guide), k, "bridge", 400, seed=0, variant=variant)
     assert est.scope == "local" and est.per_datapoint.shape == (200,)
     z = (est.per_datapoint - exact) / est.stderr_per_datapoint
-    assert int((z.abs() < 1.96).sum()) >= 180
+    assert int((z.abs() < 1.96).sum()) >= lowest
     assert 78 <= int((z.abs() < 0.674).sum()) <= 122
     assert abs(est.log_evidence - float(exact.sum())) < 3 * est.stderr
 
@@ -102,9 +123,8 @@ def test_refusals_are_one_line():
         with pytest.raises(error) as info:
             inference.estimate(target, data, "bridge", 20, **options)
         assert "\n" not in str(info.value), str(info.value)
-    with pytest.raises(ValueError, match="K >= 10"):  # 3 dims: half the draws fit a Gaussian
-        inference.estimate(pack.get("gaussian-3d-correlated").target(), torch.zeros(1, 3),
-                           "bridge", 8, scope="global")
+    with pytest.raises(ValueError, match="K >= 4"):  # half fit, half estimate
+        inference.estimate(pair, k, "bridge", 3)
 
 
 def test_on_cuda():
