@@ -55,13 +55,15 @@ import dataclasses
 import math
 from typing import Any, Dict, List
 
+import pyro
 import torch
 
-from inference.annealing import schedule
+from inference.annealing import chunks, schedule
 from inference.estimators import NotApplicable, Problem
 from inference.estimators.laplace import check_continuous, guide_start
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw
+from inference.proposals import Densities
 from inference.replay import sample_sites
 from inference.sampling import check_proposal
 from inference.weights import WeightStats, khat_threshold, pareto_khat
@@ -92,7 +94,8 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> None:
     if not o["step_size"] > 0 or not 0 < o["target_accept"] < 1:
         raise ValueError("step_size must be > 0 and 0 < target_accept < 1")
     check_continuous(problem, method, "HMC")
-    idx = first_datapoints(problem)
+    idx = torch.arange(min(2, len(problem.data[0])), device=problem.data[0].device) \
+        if problem.local else None
     if not Path(problem, "prior", 1, idx).sites:
         raise NotApplicable(f"{method}: the model has no latents to draw; use 'exact'")
     if o["proposal"] == "guide":
@@ -106,10 +109,6 @@ def check(problem: Problem, method: str, o: Dict[str, Any]) -> None:
         if any(s["infer"].get("is_auxiliary") for _, s in sample_sites(guide_tr, latent_only=True)):
             raise NotApplicable(f"{method}: the guide draws through an auxiliary site (an autoguide) "
                                 "and has no density at given latents; use proposal='gaussian'")
-
-
-def first_datapoints(problem: Problem):
-    return torch.arange(min(2, len(problem.data[0])), device=problem.data[0].device) if problem.local else None
 
 
 @dataclasses.dataclass
@@ -279,3 +278,35 @@ class Checks:
                            "draws miss posterior mass or hold its modes in the wrong proportions; "
                            "raise temperatures")
         return out, diag
+
+
+def from_draws(problem: Problem, o: Dict[str, Any], n1: int, compute):
+    """The :class:`inference.Estimate` fields of an estimator from posterior draws, with
+    ``compute(draws, densities) -> (log p(x) [B], its variance [B], {name: [B]}, l1, l2)`` per
+    chunk of datapoints (``l1``, ``l2`` for the :class:`Checks`); returns them and the
+    ``{name: [N]}`` the chunks computed besides."""
+    K = problem.num_samples
+    plan_, (kc, bc) = chunks(problem, "prior")
+    parts, acc, evals, checks = [], [], 0, Checks(problem.memory_budget)
+    with pyro.validation_enabled(False):
+        for idx, counts in plan_:
+            draws = sample(problem, idx, counts, o)
+            dens = Densities(problem, idx, kc)
+            value, var, extra, l1, l2 = compute(draws, dens)
+            parts.append((value, var, extra))
+            evals = K * chain_cost(o) + dens.evaluations
+            checks.add(draws, l1, l2)
+            acc.append(draws.acceptance)
+    value, var = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    extra = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+    caveats, diag = checks.finish(float(value.sum()), float(var.sum().sqrt()))
+    out = dict(num_samples=K, log_evidence=float(value.sum()), stderr=float(var.sum().sqrt()),
+               ess=float(n1), khat=math.nan, caveats=caveats,
+               diagnostics=dict(n_estimate=n1, n_proposal=n1, n_fit=K - n1, evaluations=evals,
+                                acceptance_mean=sum(acc) / len(acc), chunk_particles=kc,
+                                chunk_datapoints=bc, **diag))
+    if problem.local:
+        out.update(per_datapoint=value, stderr_per_datapoint=var.sqrt(),
+                   ess_per_datapoint=torch.full_like(value, float(n1)),
+                   khat_per_datapoint=torch.full_like(value, math.nan))
+    return out, extra

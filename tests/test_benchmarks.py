@@ -66,3 +66,11 @@ def test_bench_ais_quick():
     assert table[2][8] == "1.00"
     for r in table:
         number(r[8])
+
+
+def test_bench_bridge_quick():
+    table = rows(run("bench_bridge.py", "--quick", "--repeats", "1"))
+    assert [r[1] for r in table] == ["is-guide", "bridge", "bridge jit=True", "chib"]
+    assert table[0][7] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        assert int(r[2]) > 0 and all(number(c) >= 0 for c in r[3:])

@@ -70,13 +70,12 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
-import pyro
 import torch
 
-from inference.annealing import chunks
 from inference.estimators import Estimator, NotApplicable, Problem, register
-from inference.posterior import OPTIONS, Checks, chain_cost, check, sample
-from inference.proposals import Densities, Gaussian, Guide, proposal_densities, relabellings
+from inference.posterior import OPTIONS, chain_cost, check, from_draws
+from inference.proposals import (Densities, Gaussian, Guide, proposal_densities,
+                                 relabellings)
 
 
 @register
@@ -105,34 +104,19 @@ class Bridge(Estimator):
         if o["variant"] == "warp3" and not problem.local and problem.target.symmetries:
             raise NotApplicable("bridge: warp3 cannot be symmetrised over the relabellings of "
                                 f"{sorted(problem.target.symmetries)}; use variant='normal'")
-        K = problem.num_samples
-        plan_, (kc, bc) = chunks(problem, "prior")
-        values, re2, iters, acc, evals, checks = [], [], 0, [], 0, Checks(problem.memory_budget)
-        with pyro.validation_enabled(False):
-            for idx, counts in plan_:
-                draws = sample(problem, idx, counts, o)
-                dens = Densities(problem, idx, kc)
-                l1, l2 = ratios(problem, draws, dens, o)
-                log_r, n = iterate(l1, l2, o["tol"], int(o["max_iter"]))
-                values.append(log_r)
-                re2.append(relative_mse(l1, l2, log_r))
-                iters, evals = max(iters, n), K * chain_cost(o) + dens.evaluations
-                checks.add(draws, l1, l2)
-                acc.append(draws.acceptance)
-        value, re2 = torch.cat(values), torch.cat(re2)
-        caveats, diag = checks.finish(float(value.sum()), float(re2.sum().sqrt()))
+        K, tol, max_iter = problem.num_samples, o["tol"], int(o["max_iter"])
+
+        def compute(draws, dens):
+            l1, l2 = ratios(problem, draws, dens, o)
+            log_r, n = iterate(l1, l2, tol, max_iter)
+            re2 = relative_mse(l1, l2, log_r)
+            return log_r, re2, {"iterations": torch.full_like(re2, n)}, l1, l2
+
         n1 = K if o["proposal"] == "guide" else K - K // 2
-        out = dict(num_samples=K, log_evidence=float(value.sum()), stderr=float(re2.sum().sqrt()),
-                   ess=float(n1), khat=math.nan, caveats=caveats,
-                   diagnostics=dict(re2=float(re2.sum()), iterations=iters, n_estimate=n1,
-                                    n_proposal=n1, n_fit=K - n1, evaluations=evals,
-                                    acceptance_mean=sum(acc) / len(acc), chunk_particles=kc,
-                                    chunk_datapoints=bc, **diag))
+        out, extra = from_draws(problem, o, n1, compute)
+        out["diagnostics"].update(re2=out["stderr"] ** 2, iterations=int(extra["iterations"].max()))
         if problem.local:
-            out.update(per_datapoint=value, stderr_per_datapoint=re2.sqrt(),
-                       ess_per_datapoint=torch.full_like(value, float(n1)),
-                       khat_per_datapoint=torch.full_like(value, math.nan))
-            out["diagnostics"]["re2_per_datapoint"] = re2
+            out["diagnostics"]["re2_per_datapoint"] = out["stderr_per_datapoint"] ** 2
         return out
 
 

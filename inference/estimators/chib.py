@@ -60,13 +60,12 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
-import pyro
 import torch
 
-from inference.annealing import chunks
 from inference.estimators import Estimator, Problem, register
-from inference.posterior import OPTIONS, Checks, chain_cost, check, sample
-from inference.proposals import Densities, Gaussian, Guide, proposal_densities, relabellings
+from inference.posterior import OPTIONS, chain_cost, check, from_draws
+from inference.proposals import (Densities, Gaussian, Guide, proposal_densities,
+                                 relabellings)
 
 
 @register
@@ -84,40 +83,22 @@ class Chib(Estimator):
         o = {**self.options, **options}
         check(problem, self.name, o)
         K = problem.num_samples
-        plan_, (kc, bc) = chunks(problem, "prior")
-        rows, acc, evals, checks = [], [], 0, Checks(problem.memory_budget)
-        with pyro.validation_enabled(False):
-            for idx, counts in plan_:
-                draws = sample(problem, idx, counts, o)
-                dens = Densities(problem, idx, kc)
-                row, l1, l2 = ordinate(problem, draws, dens, o)
-                rows.append(row)
-                evals = K * chain_cost(o) + dens.evaluations
-                checks.add(draws, l1, l2)
-                acc.append(draws.acceptance)
-        value, var, raw, raw_var, log_num, log_den, perms = (torch.cat(t) for t in zip(*rows))
-        caveats, diag = checks.finish(float(value.sum()), float(var.sum().sqrt()))
-        n1 = K - K // 2
-        out = dict(num_samples=K, log_evidence=float(value.sum()), stderr=float(var.sum().sqrt()),
-                   ess=float(n1), khat=math.nan, caveats=caveats,
-                   diagnostics=dict(uncorrected=float(raw.sum()),
-                                    uncorrected_stderr=float(raw_var.sum().sqrt()),
-                                    relabellings=int(perms[0]), log_numerator=float(log_num.sum()),
-                                    log_acceptance_from_star=float(log_den.sum()), n_estimate=n1,
-                                    n_proposal=n1, n_fit=K // 2, evaluations=evals,
-                                    acceptance_mean=sum(acc) / len(acc), chunk_particles=kc,
-                                    chunk_datapoints=bc, **diag))
-        if problem.local:
-            out.update(per_datapoint=value, stderr_per_datapoint=var.sqrt(),
-                       ess_per_datapoint=torch.full_like(value, float(n1)),
-                       khat_per_datapoint=torch.full_like(value, math.nan))
+        out, extra = from_draws(problem, o, K - K // 2,
+                                lambda draws, dens: ordinate(problem, draws, dens, o))
+        out["diagnostics"].update(
+            uncorrected=float(extra["uncorrected"].sum()),
+            uncorrected_stderr=float(extra["uncorrected_var"].sum().sqrt()),
+            relabellings=int(extra["relabellings"][0]),
+            log_numerator=float(extra["log_numerator"].sum()),
+            log_acceptance_from_star=float(extra["log_acceptance_from_star"].sum()))
         return out
 
 
 def ordinate(problem: Problem, draws, dens: Densities, o: Dict[str, Any]):
-    """Per datapoint: the estimate and its variance, the uncorrected estimate and its variance,
-    the logs of the numerator's and the denominator's means, the number of relabellings; and
-    ``log p(x, z) - log g(z)`` at the posterior's and the proposal's draws (for the checks)."""
+    """Per datapoint: the estimate, its variance, the diagnostics (the uncorrected estimate and
+    its variance, the logs of the numerator's and the denominator's means, the number of
+    relabellings), and ``log p(x, z) - log g(z)`` at the posterior's and the proposal's draws
+    (for the checks)."""
     K = draws.u.shape[0]
     n = K // 2
     best = (draws.joint[:n] + draws.log_jac[:n]).argmax(0)  # z*: highest density in u
@@ -139,9 +120,11 @@ def ordinate(problem: Problem, draws, dens: Densities, o: Dict[str, Any]):
     log_a_sym = log_a.logsumexp(0) - math.log(len(perms))
     num, den = _log_mean(log_a_sym), _log_mean(log_b)
     raw = w_star + den - _log_mean(log_a[0])  # the identity alone: uncorrected
-    var, raw_var = _rel_var(log_a_sym) + _rel_var(log_b), _rel_var(log_a[0]) + _rel_var(log_b)
-    row = (w_star + den - num, var, raw, raw_var, num, den, torch.full_like(var, len(perms)))
-    return row, draws.joint[n:] - lg1[0], j2 - lg2
+    var = _rel_var(log_a_sym) + _rel_var(log_b)
+    extra = dict(uncorrected=raw, uncorrected_var=_rel_var(log_a[0]) + _rel_var(log_b),
+                 log_numerator=num, log_acceptance_from_star=den,
+                 relabellings=torch.full_like(var, len(perms)))
+    return w_star + den - num, var, extra, draws.joint[n:] - lg1[0], j2 - lg2
 
 
 def _log_mean(log_x: torch.Tensor) -> torch.Tensor:
