@@ -154,8 +154,9 @@ def test_harmonic_mean_runs_and_is_never_vouched(fits):
     est = inference.estimate(fits["radiata-m1"], b.data(), "harmonic-mean", 200)
     assert math.isfinite(est.log_evidence) and est.stderr > 0
     assert not est.vouched and "infinite variance" in est.caveats[0]
-    assert est.diagnostics["chains"] == 16 and est.diagnostics["draws_per_chain"] == 13
-    assert inference.estimators.get("harmonic-mean").evaluations(200) == 16 * (1 + 113 * 6)
+    assert est.diagnostics["chains"] == 200 and est.diagnostics["draws_per_chain"] == 1
+    assert inference.estimators.get("harmonic-mean").evaluations(200) == 200 * (1 + 101 * 6)
+    assert inference.estimators.get("harmonic-mean").evaluations(1000) == 256 * (1 + 104 * 6)
 
 
 @pytest.mark.parametrize("name,K", [("beta-bernoulli-flat", 1000), ("gaussian-32d", 300)])

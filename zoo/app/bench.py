@@ -39,7 +39,7 @@ from inference import estimators, pack
 from inference.io import write_text
 from zoo.app import summary
 from zoo.app.jobs import (Rows, UsageError, check_device, check_methods, fit_entry, fit_finished,
-                          job_for, load_data, make_entry, prepare_out, save_figure)
+                          job_for, load_data, make_entry, prepare_run, save_figure)
 
 BENCH_FILE, RESULTS_FILE, SKIPPED_FILE, BOARD_FILE = ("bench.json", "results.csv", "skipped.json",
                                                       "leaderboard.md")
@@ -97,11 +97,7 @@ def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
         raise UsageError(f"{', '.join(refs)} is a reference, where the zoo targets' truth comes "
                          "from, not an estimator to benchmark; leave it out")
     check_device(device)
-    out = prepare_out(out, marker=BENCH_FILE, resume=resume)
-    run = summary.read_json(out / BENCH_FILE)
-    if run is not None and bool(run.get("quick")) != quick:
-        flag = "with" if run.get("quick") else "without"
-        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
+    out = prepare_run(out, marker=BENCH_FILE, resume=resume, quick=quick)
     chosen = list(dict.fromkeys(targets)) or target_names(quick)
     objs = [ZooTarget(t[4:], quick) if t.startswith("zoo:") else pack.get(t) for t in chosen]
     methods = methods or [m for m in inference.methods() if not estimators.get(m).reference]

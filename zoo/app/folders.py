@@ -56,6 +56,23 @@ def prepare_out(out: os.PathLike, *, marker: str, resume: bool = False,
     return out
 
 
+def prepare_run(out: os.PathLike, *, marker: str, resume: bool, quick: bool) -> Path:
+    """:func:`prepare_out` for a run that may be ``--quick`` (``ppzoo compare``, ``bench``):
+    a previous run in ``out`` (its ``marker``, a JSON file with a ``quick`` field) is resumed
+    only with the same ``--quick``."""
+    import json
+
+    out = prepare_out(out, marker=marker, resume=resume)
+    try:
+        run = json.loads((out / marker).read_text())
+    except (OSError, ValueError):
+        run = None
+    if isinstance(run, dict) and bool(run.get("quick")) != quick:
+        flag = "with" if run.get("quick") else "without"
+        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
+    return out
+
+
 _LOCKS: List[int] = []
 
 

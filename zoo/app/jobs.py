@@ -19,7 +19,7 @@ from inference import distributed as parallel
 import zoo
 from inference.io import write_text, write_with
 from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
-    Rows, UsageError, lock_folder, locks_held, prepare_out, release_locks,
+    Rows, UsageError, lock_folder, locks_held, prepare_out, prepare_run, release_locks,
 )
 from zoo.app.heldout import (  # noqa: F401  (re-exported, as above)
     data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data, split_record,
