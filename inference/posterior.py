@@ -10,15 +10,21 @@ moves every chain and, in local scope, every datapoint's own posterior ``[C, B, 
 1. They start at the guide's draws (``start="guide"``: any guide that samples the model's
    latents, autoguides and point masses included; the prior's where it cannot), or at the
    prior's, annealed to the posterior over ``temperatures`` of the geometric path as ``ais``
-   does (``start="prior"``).
+   does (``start="prior"``; the mass matrix of step 2 refitted at every temperature).
 2. Over the first half of ``warmup`` transitions the step size moves towards
-   ``target_accept`` [1, 2], and at 10%, 20% and 33% of the warm-up the chains' own spread
-   sets a dense mass matrix: the chains move in ``v = L^-1 (u - m)``, ``m`` and ``L L^T`` the
-   mean and covariance of the current states across chains (diagonal with fewer than
-   ``2 (D + 1)`` chains), which Stan adapts from each chain's history [3].
+   ``target_accept`` [1, 2] (then fixed at the geometric mean of its values since the last
+   refit), and at 10%, 20% and 33% of the warm-up the chains' own spread sets a dense mass
+   matrix: the chains move in ``v = L^-1 (u - m)``, ``m`` and ``L L^T`` the mean and
+   covariance of the current states across chains (diagonal with fewer than ``2 (D + 1)``
+   chains), which Stan adapts from each chain's history [3].
 3. Over the second half the kernel is fixed: it leaves ``pi`` invariant, and the final state
    of each chain is its draw. The draws are independent across chains (up to the shared
    step size and mass matrix), so no autocorrelation enters the estimators' errors.
+
+Options (:data:`OPTIONS`): ``start``, ``warmup``, ``temperatures`` (``start="prior"``),
+``leapfrog_steps``, ``step_size`` (the first; then adapted), ``target_accept``, ``jit`` (the
+path's densities compiled per chunk, :mod:`inference.path`). Cost per chain:
+:func:`chain_cost`.
 
 **Checks** (:class:`Checks`; a failed one is a caveat: the stderr is not vouched for).
 
