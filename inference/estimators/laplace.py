@@ -167,7 +167,7 @@ def mode_integral(path: Path, u0: torch.Tensor, iterations: int):
         return -f.sum()
 
     opt.step(closure)
-    x, decrement = u.detach(), torch.full(u.shape[:-1], math.inf, dtype=torch.float64)
+    x, decrement = u.detach(), torch.full(u.shape[:-1], math.inf, dtype=torch.float64, device=u.device)
     for newton in range(6):  # polish with the exact Hessian: at most 5 Newton steps
         f, g, H = hessian(path, x)
         evals[0] += 1 + x.shape[-1]

@@ -58,7 +58,8 @@ class GaussianShells(Benchmark):
         return (torch.tensor(SHELLS),)
 
     def model(self, shells):
-        theta = pyro.sample("theta", dist.Uniform(-HALF_WIDTH, HALF_WIDTH).expand([2]).to_event(1))
+        box = shells.new_tensor([-HALF_WIDTH, HALF_WIDTH])
+        theta = pyro.sample("theta", dist.Uniform(box[0], box[1]).expand([2]).to_event(1))
         centre, radius, width = shells[:, :2], shells[:, 2], shells[:, 3]
         distance = (theta.unsqueeze(-2) - centre).norm(dim=-1)  # [..., shells]
         pyro.factor("shells", dist.Normal(radius, width).log_prob(distance).logsumexp(-1))

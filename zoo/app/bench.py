@@ -163,7 +163,7 @@ def _fit(t, plan: Plan, echo):
                                    **options).log_evidence
         echo(f"{t.name}: exact reference {truth:.6g}")
         return t.entry, data, truth, t.job.scope, options
-    fitted = t.fit(seed=0)
+    fitted = t.fit(seed=0, device=plan.device)
     echo(f"{t.name}: fitted {len(fitted.losses)} steps in {fitted.seconds:.1f} s; "
          f"log Z = {t.log_evidence:.6g} ({t.source})")
     return fitted, tuple(x.to(plan.device) for x in t.data()), t.log_evidence, None, {}
