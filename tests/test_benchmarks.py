@@ -68,6 +68,14 @@ def test_bench_ais_quick():
         number(r[8])
 
 
+def test_bench_bridge_quick():
+    table = rows(run("bench_bridge.py", "--quick", "--repeats", "1"))
+    assert [r[1] for r in table] == ["is-guide", "bridge", "bridge jit=True", "chib"]
+    assert table[0][7] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        assert int(r[2]) > 0 and all(number(c) >= 0 for c in r[3:])
+
+
 def test_bench_frontier_quick():
     import inference
     from inference import estimators

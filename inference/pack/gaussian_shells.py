@@ -48,7 +48,11 @@ class GaussianShells(Benchmark):
     data_plate = None
     steps, lr = 300, 0.02
     fails = {"is-guide": "the unimodal guide covers one arc of one ring: the mass it never "
-                         "draws is missing (about log 2 or more too low), invisible to k-hat"}
+                         "draws is missing (about log 2 or more too low), invisible to k-hat",
+             "bridge": "HMC chains started at the unimodal guide stay on one ring: the draws "
+                       "miss the other (log 2 and more too low); the overlap check flags it in "
+                       "some runs only",
+             "chib": "its posterior draws miss a ring, as bridge's do"}
 
     def data(self):
         return (torch.tensor(SHELLS),)
