@@ -13,7 +13,6 @@ seeds is the honest error bar.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
