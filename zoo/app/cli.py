@@ -7,6 +7,7 @@
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
+    ppzoo bench --out DIR [--quick] [--target NAME ...] [--method M ...] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
@@ -266,6 +267,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zoo.app import bench
+
+    plan = bench.prepare(args.target, args.method, args.out, quick=args.quick,
+                         device=args.device, resume=args.resume)
+    bench.run(plan, progress=_progress(args), echo=_echo)
+    return 0
+
+
 def _fit_interrupted(out: str) -> str:
     from zoo.app.jobs import CHECKPOINT_FILE
 
@@ -385,8 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true",
                    help="continue a previous run in DIR: skip fitted models and finished rows")
 
+    b = sub.add_parser("bench", parents=[common],
+                       help="every estimator on targets of known evidence: a leaderboard")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
+    b.add_argument("--quick", action="store_true",
+                   help="a quick look: K in (10, 100), 2 seeds, fewer temperatures, the pack "
+                        "and the zoo's fast references (a minute or two)")
+    b.add_argument("--target", action="append", default=[], metavar="NAME",
+                   help="a pack target (inference.pack.names()) or zoo:MODEL; repeat for "
+                        "several (default: all)")
+    b.add_argument("--method", action="append", default=[], metavar="M",
+                   help="a registered estimator; repeat for several (default: every one but "
+                        "the references)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: keep its rows, run the missing ones")
+
     for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
-                     ("sample", cmd_sample), ("compare", cmd_compare)]:
+                     ("sample", cmd_sample), ("compare", cmd_compare), ("bench", cmd_bench)]:
         sub.choices[name].set_defaults(func=fn)
     return p
 
@@ -464,6 +490,8 @@ def _main(args: argparse.Namespace, starting: Any) -> int:
         what = {
             "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                        "--resume to continue",
+            "bench": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
+                     "--resume to continue",
             "fit": _fit_interrupted(getattr(args, "out", "")),
             "estimate": "finished estimates are kept in estimates.csv; rerun to continue",
         }.get(args.command, "")

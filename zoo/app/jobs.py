@@ -20,7 +20,7 @@ import zoo
 from inference.io import write_text, write_with
 from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
     Rows, UsageError, check_out_file, check_path, check_run_files, check_size, lock_folder,
-    locks_held, prepare_out, release_locks, remove_leftovers,
+    locks_held, prepare_out, prepare_run, release_locks, remove_leftovers,
 )
 from zoo.app.heldout import (  # noqa: F401  (re-exported, as above)
     check_new_data, data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data,
