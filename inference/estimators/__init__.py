@@ -89,6 +89,8 @@ class Estimator:
         :func:`check_options` requires of an option's value (one without a check must have
         its default's type: an integer, a finite number, a bool or a string).
     :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
+    :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
+        ``laplace``): a benchmark runs it once per target.
     """
 
     name: ClassVar[str] = ""
@@ -98,6 +100,7 @@ class Estimator:
     options: ClassVar[Mapping[str, Any]] = {}
     checks: ClassVar[Mapping[str, "Check"]] = {}
     shardable: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = False
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)
@@ -198,3 +201,5 @@ def check_options(options: Mapping[str, Any], methods: Optional[Sequence[str]] =
 
 # Importing the built-in estimators registers them, in this order.
 from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc  # noqa: E402,F401
+from inference.estimators import laplace, harmonic_mean  # noqa: E402,F401
+from inference.estimators import bridge, chib  # noqa: E402,F401

@@ -4,13 +4,14 @@ the zoo's models or on a user's own model/guide pair.
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
-              [--loss trace|meanfield|traceenum] [--kl-weight BETA]
+              [--loss trace|meanfield|traceenum] [--kl-weight BETA] [--no-compile]
     ppzoo fit --model FILE.py[:MODEL,GUIDE[,LOG_EVIDENCE]] --data DATA.csv|.npz --out DIR
               [--columns A,B ...] [--data-plate NAME] [--scope local|global] [...as above]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume] [--steps N ... -K K ... --seeds N]
     ppzoo compare --model FILE.py --data DATA --out DIR [...as above, and fit's pair flags]
+    ppzoo bench --out DIR [--quick] [--target NAME ...] [--method M ...] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
@@ -161,7 +162,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
                        device=args.device, progress=_progress(args), echo=_echo,
-                       distributed=world.size > 1)
+                       distributed=world.size > 1, compile=not args.no_compile)
     except BaseException:  # stopped before its first checkpoint: leave the folder as it was
         if world.writer:
             jobs.discard_unstarted(out, created=created, kept_config=kept)
@@ -361,6 +362,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zoo.app import bench
+
+    plan = bench.prepare(args.target, args.method, args.out, quick=args.quick,
+                         device=args.device, resume=args.resume)
+    bench.run(plan, progress=_progress(args), echo=_echo)
+    return 0
+
+
 def _fit_interrupted(out: str) -> str:
     from zoo.app.jobs import CHECKPOINT_FILE
 
@@ -404,7 +414,8 @@ def _refuse(line: str, heard: bool = False) -> None:
 #: importing torch, so --help answers at once; a test checks them against zoo.names() and
 #: inference.methods())
 MODEL_NAMES = "dlvm, fa, fvsbn, gmm, independent, map_l2, nade, vae"
-METHOD_NAMES = "elbo, is-guide, is-prior, exact, ais, bdmc, smc"
+METHOD_NAMES = ("elbo, is-guide, is-prior, exact, ais, bdmc, smc, laplace, harmonic-mean, bridge, "
+                "chib")
 
 RUNS_CODE = ("Loading the file runs its code, as python FILE.py would (all but its if __name__ "
              "== '__main__': part): use it on files you trust.")
@@ -497,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model constructor option, e.g. --option guide=gaussian K=4; with "
                         "--model, keyword arguments of every call of model, guide and "
                         "log_evidence")
+    f.add_argument("--no-compile", action="store_true",
+                   help="take every SVI step eagerly (default: after the first, the compiled "
+                        "step where it applies, the same fit faster; the line after the fit "
+                        "says which ran and why)")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted fit in DIR from its last checkpoint (same "
                         "settings; checkpoints every 10%% of the steps, at least 50)")
@@ -544,8 +559,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true",
                    help="continue a previous run in DIR: skip fitted models and finished rows")
 
+    b = sub.add_parser("bench", parents=[common],
+                       help="every estimator on targets of known evidence: a leaderboard")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
+    b.add_argument("--quick", action="store_true",
+                   help="a quick look: K in (10, 100), 2 seeds, fewer temperatures, the pack "
+                        "and the zoo's fast references (a minute or two)")
+    b.add_argument("--target", action="append", default=[], metavar="NAME",
+                   help="a pack target (inference.pack.names()) or zoo:MODEL; repeat for "
+                        "several (default: all)")
+    b.add_argument("--method", action="append", default=[], metavar="M",
+                   help="a registered estimator; repeat for several (default: every one but "
+                        "the references)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: keep its rows, run the missing ones")
+
     for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
-                     ("sample", cmd_sample), ("compare", cmd_compare)]:
+                     ("sample", cmd_sample), ("compare", cmd_compare), ("bench", cmd_bench)]:
         sub.choices[name].set_defaults(func=fn)
     return p
 
@@ -623,6 +654,8 @@ def _main(args: argparse.Namespace, starting: Any) -> int:
         what = {
             "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                        "--resume to continue",
+            "bench": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
+                     "--resume to continue",
             "fit": _fit_interrupted(getattr(args, "out", "")),
             "estimate": "finished estimates are kept in estimates.csv; rerun to continue",
         }.get(args.command, "")

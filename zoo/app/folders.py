@@ -4,6 +4,7 @@ result rows they hold (appended atomically, row by row, never lost).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -139,6 +140,30 @@ def check_out_file(out: os.PathLike, suffixes: Sequence[str], *, force: bool = F
         raise UsageError(f"cannot write to {out.parent}: {e.strerror or e}; choose another "
                          "--out") from None
     return out
+
+
+def prepare_run(out: os.PathLike, *, marker: str, resume: bool, quick: bool) -> Path:
+    """:func:`prepare_out` for a run that may be ``--quick`` (``ppzoo compare``, ``bench``):
+    a previous run in ``out`` (its ``marker``, a JSON file with a ``quick`` field) is resumed
+    only with the same ``--quick``."""
+    out = prepare_out(out, marker=marker, resume=resume)
+    run = read_json(out / marker)
+    if isinstance(run, dict) and bool(run.get("quick")) != quick:
+        flag = "with" if run.get("quick") else "without"
+        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
+    return out
+
+
+def read_json(path: os.PathLike) -> Any:
+    """A JSON file's content, or ``None`` where it is missing, unreadable, not a regular file
+    or over 1 MiB (ppzoo writes a few kB)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 _LOCKS: List[int] = []

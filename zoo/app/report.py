@@ -44,7 +44,7 @@ from zoo.app.jobs import (
     CONFIG_FILE, RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
     check_device, check_estimate_settings, check_fit_settings, check_methods, check_models,
     check_saved, evaluation_entry, fit_entry, fit_finished, job_for, job_methods, load_data,
-    make_entry, new_data_problem, prepare_out, save_figure, split_data, split_record,
+    make_entry, new_data_problem, prepare_run, save_figure, split_data, split_record,
 )
 from zoo.app.usermodel import check_pair, check_unchanged
 
@@ -108,11 +108,8 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
         unheld[n] = new_data_problem(entries[n], data[n]) if holds else None
         fraction = jobs[n].test_fraction if holds and not unheld[n] else 0.0
         data[n], test[n] = split_data(data[n], fraction, jobs[n].split_seed)
-    out = prepare_out(out, marker=RUN_FILE, resume=resume)
+    out = prepare_run(out, marker=RUN_FILE, resume=resume, quick=quick)
     run = summary.read_json(out / RUN_FILE)
-    if run is not None and bool(run.get("quick")) != quick:
-        flag = "with" if run.get("quick") else "without"
-        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
     if run is not None and user is None and not models:
         _check_no_user_run(out, run)
     for n in names:  # foreign or unreadable state is refused here, before any work

@@ -13,7 +13,6 @@ seeds is the honest error bar.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -26,6 +25,7 @@ from inference import estimators
 from inference.compare import summarise
 from inference.io import write_text
 from inference.weights import MIN_ESS
+from zoo.app.folders import read_json  # noqa: F401 (re-exported: the report reads it here)
 
 LEGEND = """\
 How to read the tables:
@@ -277,15 +277,3 @@ def is_reference(method: str) -> bool:
 
 def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
-    """A JSON file's content, or ``None`` where it is missing, unreadable, not a regular file
-    or over 1 MiB (ppzoo writes a few kB)."""
-    path = Path(path)
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
-            return None
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
