@@ -113,16 +113,6 @@ def test_bdmc_brackets_the_closed_form_and_the_gap_shrinks_with_temperatures():
     assert wide > 3 * se_wide  # the few-temperature gap is real, not noise
 
 
-@pytest.fixture(scope="module")
-def trained_vae():
-    """A 2-D vae on the digits, trained briefly (its weights live in its networks, so the
-    per-test clearing of the param store leaves them)."""
-    entry = zoo.get("vae", latent_dim=2, hidden=(32,))
-    (x,) = entry.load_data()
-    inference.fit(entry, x[:200], steps=60, lr=0.03, batch_size=100, progress=False, seed=0)
-    return entry, x
-
-
 def test_bdmc_on_data_simulated_from_a_trained_vae(trained_vae):
     # the trained vae simulates the data, z ~ N(0, I) then x ~ p(x | z) from the fitted
     # decoder, so z are exact posterior draws; the quadrature is the reference. From the fitted

@@ -217,16 +217,6 @@ def test_random_images_match_pixel_rates():
 
 
 # ---- latent space and amortization ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained_vae():
-    pyro.clear_param_store()
-    entry = zoo.get("vae", hidden=(64,))
-    (x,) = entry.load_data()
-    x = x[:200]
-    inference.fit(entry, (x,), steps=300, lr=1e-2, batch_size=100, progress=False)
-    return entry, x
-
-
 def test_encode_decode_interpolate(trained_vae):
     entry, x = trained_vae
     loc, scale = vae.encode(entry, x[:5])
