@@ -43,16 +43,14 @@ import math
 import operator
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import pyro
-import pyro.poutine as poutine
 import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform
 
 from inference.compiled import Graphs, agree, frozen, leaves
 from inference.estimators import NotApplicable, Problem
-from inference.plates import trace_on
-from inference.replay import PARTICLES, _site_log_density, in_plate, log_weights, sample_sites
+from inference.replay import _site_log_density, in_plate, log_weights, sample_sites
+from inference.sampling import guide_trace
 
 
 def draw(problem: Problem, count: int, proposal: str, idx, values=None):
@@ -207,15 +205,7 @@ class Path:
 
     def _guide_trace(self, values):
         """The guide on the chunk's datapoints at ``values``, under the particle plate."""
-        p = self.problem
-        guide = poutine.condition(p.target.guide, {**(p.fixed or {}), **values})
-        count, dim = self.count, -(p.max_plate_nesting + 1)
-
-        def vectorized(*args):
-            with pyro.plate(PARTICLES, count, dim=dim):
-                return guide(*args)
-
-        return trace_on(vectorized, p.target, p.data, self.idx)
+        return guide_trace(self.problem, self.count, self.idx, values)
 
     def _fixed_guide(self) -> Optional[Dict[str, Dict[str, Any]]]:
         """The guide's sites ``{name: site}`` from one trace, if its distributions do not depend
