@@ -241,22 +241,28 @@ class Path:
         b = beta if isinstance(beta, torch.Tensor) else torch.tensor(
             float(beta), dtype=torch.float64, device=self.problem.data[0].device)
 
+        coefs = {}  # (b, 1 - b) in the densities' dtype, made once
+
         def fn(flat: torch.Tensor):
             graph = None if self.graphs is None else self._compiled_for(flat)
             if graph is None:
-                return self._potential(flat, b)
-            return self._potential(flat, b, lambda u: graph(u, *self._inputs))
+                return self._potential(flat, b, coefs=coefs)
+            return self._potential(flat, b, lambda u: graph(u, *self._inputs), coefs)
 
         return fn
 
-    def _potential(self, flat: torch.Tensor, b: torch.Tensor, densities=None):
+    def _potential(self, flat: torch.Tensor, b: torch.Tensor, densities=None, coefs=None):
         """The potential at ``flat`` for ``beta = b``, from :meth:`densities` or a compiled
         graph of them (``(log s, log p)``, and ``log |det dT/du|`` unless it is 0)."""
         with torch.enable_grad():
             flat = flat.detach().requires_grad_(True)
             start, joint, *log_jac = (densities or self._traceable)(flat)
-            b = torch.as_tensor(b, dtype=joint.dtype, device=joint.device)
-            f = (1 - b) * start + b * joint
+            coefs = {} if coefs is None else coefs
+            if joint.dtype not in coefs:
+                bt = torch.as_tensor(b, dtype=joint.dtype, device=joint.device)
+                coefs[joint.dtype] = (bt, 1 - bt)
+            bt, rest = coefs[joint.dtype]
+            f = rest * start + bt * joint
             for lj in log_jac:
                 f = f + lj
             (grad,) = torch.autograd.grad(f.sum(), flat)
