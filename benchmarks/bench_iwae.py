@@ -99,7 +99,9 @@ def main(argv=None):
 
 
 def fixed_cost(entry, x, args, dev, calls=20):
-    """The time of one ``estimate`` call on a tiny problem (5 datapoints, K = 10), per call."""
+    """The time of one ``estimate`` call on a tiny problem (5 datapoints, K = 10), per call: wall
+    seconds (min/median/max over the repeats) and, on CPU, the median CPU seconds in the
+    CPU-time column (less sensitive to other load)."""
     xs = x[:5]
 
     def tiny():
@@ -107,11 +109,13 @@ def fixed_cost(entry, x, args, dev, calls=20):
             inference.estimate(entry, (xs,), "is-guide", 10, device=dev, memory_budget=args.budget)
 
     loads = []
-    _, times = interleaved({"tiny": cpu_clock(tiny)}, args.repeats, dev, loads)
+    _CPU.pop("tiny", None)
+    _, times = interleaved({"tiny": cpu_clock(tiny, "tiny")}, args.repeats, dev, loads)
     ts = [t / calls for t in times["tiny"]]
-    print(f"| fixed cost of a call: inference.estimate is-guide, 5 datapoints | 5 | 10 | 10 x 5 | "
-          f"{min(ts):.4f} | {statistics.median(ts):.4f} | {max(ts):.4f} | | | | | "
-          f"{load_range(loads)} |")
+    cpu = statistics.median(_CPU["tiny"][1:]) / calls if dev.type == "cpu" else None
+    print(f"| fixed cost of a call: inference.estimate is-guide, 5 datapoints (s per call) | 5 | "
+          f"10 | 10 x 5 | {min(ts):.4f} | {statistics.median(ts):.4f} | {max(ts):.4f} | | | "
+          f"{'' if cpu is None else f'{cpu:.4f} s'} | | {load_range(loads)} |")
 
 
 _CPU: dict = {}
