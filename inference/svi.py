@@ -144,15 +144,41 @@ class FusedAdam:
         self._waiting = state
 
 
-def _batches(n: int, batch_size: Optional[int], generator: torch.Generator, device: torch.device):
-    """Endless stream of index minibatches: shuffled epochs without replacement."""
-    if batch_size is None or batch_size >= n:
-        while True:
-            yield None
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start : start + batch_size].to(device)
+class _Batches:
+    """Endless stream of index minibatches: shuffled epochs without replacement. Its
+    :meth:`state` -- the generator's state before the current epoch's permutation, and how
+    many batches of that epoch were taken -- continues the stream exactly (:meth:`restore`),
+    also from the middle of an epoch."""
+
+    def __init__(self, n: int, batch_size: Optional[int], generator: torch.Generator,
+                 device: torch.device):
+        self.n, self.size, self.generator, self.device = n, batch_size, generator, device
+        self.per_epoch = 0 if batch_size is None or batch_size >= n else n // batch_size
+        self.perm: Optional[torch.Tensor] = None
+        self.taken, self.epoch_start = 0, generator.get_state()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Optional[torch.Tensor]:
+        if not self.per_epoch:
+            return None  # every datapoint, every step
+        if self.perm is None or self.taken == self.per_epoch:
+            self.epoch_start = self.generator.get_state()
+            self.perm, self.taken = torch.randperm(self.n, generator=self.generator), 0
+        self.taken += 1
+        return self.perm[(self.taken - 1) * self.size : self.taken * self.size].to(self.device)
+
+    def state(self) -> Dict[str, Any]:
+        return {"generator": self.epoch_start, "batches_taken": self.taken}
+
+    def restore(self, generator_state: torch.Tensor, taken: int) -> None:
+        """Continue from :meth:`state`'s output (``taken=0``: from ``generator_state`` on)."""
+        self.generator.set_state(generator_state)
+        self.perm, self.taken, self.epoch_start = None, 0, generator_state
+        if taken:
+            next(self)  # the epoch's permutation, drawn again; then skip what was taken
+            self.taken = taken
 
 
 def fit(
@@ -255,7 +281,7 @@ def fit(
     if clear:
         pyro.clear_param_store()
     pyro.set_rng_seed(parallel.rank_seed(seed, world))
-    generator = torch.Generator().manual_seed(seed)
+    stream = _Batches(n, batch_size, torch.Generator().manual_seed(seed), dev)
 
     handler = SubsampleAt(tgt.data_plate)
     model, guide = subsampled(tgt.model, handler), subsampled(tgt.guide, handler)
@@ -293,12 +319,12 @@ def fit(
         **({} if kl_weight == 1 else {"kl_weight": kl_weight}))
     held: list = []
     if checkpoint is not None and Path(checkpoint).exists():
-        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns,
+        rows, start = _resume(checkpoint, tgt, data, optim, stream, dev, run, terms.columns,
                               world, seed)
         held = [tuple(r) for r in state_file.read(checkpoint, "checkpoint").get("heldout", [])]
-    batches = _batches(n, batch_size, generator, dev)
+    batches = stream
     if world.size > 1:
-        batches = parallel.sharded_batches(batches, n, world, dev)
+        batches = parallel.sharded_batches(stream, n, world, dev)
         parallel.start(world, elbo, model, guide, tgt, data, handler)
 
     show = (sys.stderr.isatty() if progress is None else progress) and world.writer
@@ -319,12 +345,12 @@ def fit(
         if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
             held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns,
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, stream, run, terms.columns,
                         held, world)
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns, held, world)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, stream, run, terms.columns, held, world)
     losses = pd.DataFrame(rows, columns=list(terms.columns))
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(

@@ -20,7 +20,8 @@ exclusive lock on the folder it writes to. Ctrl-C keeps what is finished (exit s
 ``compare --resume`` continues from it, ``fit --resume`` continues a fit from its last
 checkpoint, and ``estimate`` run again appends only the rows ``estimates.csv`` lacks.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``fit`` and ``estimate`` run data-parallel, and rank 0
-alone writes the folder (:mod:`inference.distributed`).
+alone writes the folder (:mod:`inference.distributed`); a refusal on any rank ends every rank
+with exit status 2 and one line (:func:`zoo.app.jobs.refusal`).
 
 (About 440 lines: one parser and one short function per command; the work they call lives in
 :mod:`zoo.app.jobs`, :mod:`zoo.app.report` and :mod:`zoo.app.heldout`.)
@@ -112,11 +113,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         subset=args.subset, scope=None, estimate_options={},
     )
     jobs.check_fit_settings(job, args.seed)
-    world = jobs.join(args.device)
     entry = jobs.make_entry(args.model, job.options)
     jobs.check_loss(job, entry)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
+    jobs.check_torchrun_fit(job, len(data[0]))
+    world = jobs.join(args.device)  # under torchrun: every rank's checks passed
     out = jobs.on_rank0(lambda: jobs.prepare_out(
         args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
         stale=lambda out: not jobs.fit_started(out)), world)
@@ -130,6 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             return 0
         if (out / jobs.CHECKPOINT_FILE).is_file():
             _echo(f"continuing from {out / jobs.CHECKPOINT_FILE}")
+    jobs.agreed()  # under torchrun: every rank's resume checks passed
     jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
                    device=args.device, progress=_progress(args), echo=_echo,
                    distributed=world.size > 1)
@@ -151,7 +154,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     ks = args.K or [1, 10, 100, 1000]
     jobs.check_estimate_settings(ks, args.seeds)
     jobs.check_device(args.device)
-    world = jobs.join(args.device)
     folder = Path(args.dir)
     if not folder.is_dir():
         raise jobs.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
@@ -168,6 +170,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.data is not None:  # other data: checked first, its rows in a file of their own
         data = jobs.load_data(entry, _data_arg(args.data), None, args.device)
         path = folder / f"estimates-{Path(args.data).stem}-{jobs.data_hash(data)[:8]}.csv"
+    world = jobs.join(args.device)  # under torchrun: every rank's checks passed
     jobs.on_rank0(lambda: jobs.lock_folder(folder), world)
     table = jobs.Rows(path, key=("method", "K", "seed"))
     done = table.done()
@@ -286,7 +289,25 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line (like every other ppzoo error)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}; see {self.prog} --help\n")
+        _refuse(f"{message}; see {self.prog} --help")
+        self.exit(EXIT_USAGE)
+
+
+def _refuse(line: str, heard: bool = False) -> None:
+    """A refused command's one line on stderr. Under ``torchrun`` the ranks first hear each
+    other's (none waits for one that stopped; :func:`zoo.app.jobs.refusal`) and local rank 0
+    alone prints it: once per machine."""
+    try:
+        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        torchrun = False
+    if torchrun:
+        from zoo.app.jobs import refusal
+
+        line = refusal(line, heard)
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+    print(f"{PROG}: error: {line}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,7 +396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import torch
 
         from inference.state import StateError
-        from zoo.app.jobs import UsageError, locks_held, release_locks
+        from zoo.app.jobs import Agreed, UsageError, locks_held, release_locks
 
         threads, held = torch.get_num_threads(), locks_held()
         try:
@@ -385,7 +406,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 torch.set_num_threads(args.threads)
             return args.func(args)
         except (UsageError, StateError) as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            _refuse(str(e), heard=isinstance(e, Agreed))
             return EXIT_USAGE
         finally:
             release_locks(held)

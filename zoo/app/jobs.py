@@ -278,11 +278,70 @@ def check_saved(entry, folder: Path, data) -> None:
             state_file.check_params(saved, target, data, path)
 
 
-def join(device: str) -> parallel.World:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group; this process's place."""
+class Agreed(UsageError):
+    """A refusal every ``torchrun`` rank has already heard (:func:`agreed`)."""
+
+
+def agreed() -> None:
+    """Under ``torchrun``: every rank's checks since the last agreement passed, else
+    :class:`Agreed` with the first rank's problem on every rank, so none goes on to wait for
+    a rank that stopped (:func:`inference.distributed.agree`); call it after the checks and
+    before any collective. A rank that fails its checks reports through :func:`refusal`."""
     if parallel.launched():
+        try:
+            problem = parallel.agree(None)
+        except ValueError as e:  # a bad PPZOO_DIST_TIMEOUT: every rank reads the same
+            raise Agreed(str(e)) from None
+        if problem:
+            raise Agreed(problem)
+
+
+def refusal(line: str, heard: bool = False) -> str:
+    """Under ``torchrun``, the line a refused command ends with on every rank: this rank's
+    ``line``, heard with every other rank's (:func:`inference.distributed.agree`) unless they
+    already were (``heard``); it is also written where ``torchrun``'s failure summary reads
+    it (``TORCHELASTIC_ERROR_FILE``), in place of "To enable traceback see ..."."""
+    import time
+
+    if not heard:
+        try:
+            line = parallel.agree(line) or line
+        except (ValueError, RuntimeError):
+            pass  # no one to agree with: this rank's own line
+    where = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if where:
+        text = f"ppzoo: error: {line}"
+        try:
+            Path(where).write_text(json.dumps({"message": {"message": text, "extraInfo": {
+                "py_callstack": text, "timestamp": str(int(time.time()))}}}))
+        except OSError:
+            pass
+    return line
+
+
+def join(device: str) -> parallel.World:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): once every rank's checks passed
+    (:func:`agreed`), join its process group; this process's place."""
+    if parallel.launched():
+        agreed()
         return parallel.setup(torch.device(device))[0]
     return parallel.World()
+
+
+def check_torchrun_fit(job: Job, n: int) -> None:
+    """What a fit under ``torchrun`` refuses (before anything is written): a global batch
+    smaller than the number of processes, and a KL weight (its loss columns are per process)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size < 2:
+        return
+    batch = min(job.batch_size or n, n)
+    if batch < size:
+        raise UsageError(f"a global batch of {batch} datapoints cannot be shared by {size} "
+                         f"processes; use --batch-size (and enough data) >= {size}")
+    if job.kl_weight != 1:
+        raise UsageError(f"--kl-weight {job.kl_weight:g} under torchrun: the KL weight's loss "
+                         "columns are not yet reduced across processes; fit in one process "
+                         "(without torchrun) or drop --kl-weight")
 
 
 def on_rank0(fn: Callable[[], Any], world: parallel.World) -> Any:
