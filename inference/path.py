@@ -112,11 +112,6 @@ class Path:
             (s["fn"], s["mask"], s["scale"]) for s in self._start_sites.values()]
         self._inputs = leaves([idx, [t for _, t, *_ in self.sites], starts])
 
-    @property
-    def compiled(self) -> bool:
-        """Whether this chunk's densities ran compiled (``graphs`` given and the check passed)."""
-        return any(g is not None for g in self._decided.values())
-
     def frozen(self):
         """Parameters without gradients while HMC runs (:func:`inference.compiled.frozen`):
         constants of the compiled graphs; eagerly, nothing differentiates them either."""
