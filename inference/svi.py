@@ -249,10 +249,9 @@ def fit(
     if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass an "
                          "ELBO instance, e.g. pyro.infer.TraceMeanField_ELBO()")
-    if steps < 0 or num_particles < 1:
-        raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, {num_particles}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+    _check_settings(steps=steps, num_particles=num_particles, batch_size=batch_size,
+                    checkpoint_every=checkpoint_every, seed=seed,
+                    lr=lr if optim is None else None)
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate; set data_plate on the Target")
     dev = resolve_device(device)
@@ -360,6 +359,29 @@ def fit(
     if heldout is not None:
         result.heldout = pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
     return result
+
+
+def _check_settings(*, steps, num_particles, batch_size, checkpoint_every, seed, lr) -> None:
+    """Refuse a setting :func:`fit` would silently round or run without learning (``1.5``
+    particles run as one; ``lr=0`` keeps the initial parameters and a constant loss)."""
+    import numbers
+
+    def integer(v, low):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+    for name, value, low in (("steps", steps, 0), ("num_particles", num_particles, 1),
+                             ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
+        if not integer(value, low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if seed >= 2**32:  # numpy's seed, which pyro.set_rng_seed sets too, stops there
+        raise ValueError(f"seed must be below 2**32, got {seed}")
+    if batch_size is not None and not integer(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if lr is not None and not (isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+                               and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0 (Adam's step size, e.g. 0.01), got "
+                         f"{lr!r}; to hold the parameters fixed on purpose, pass an optimiser "
+                         "of step size 0, e.g. optim=pyro.optim.SGD({'lr': 0.0})")
 
 
 HELDOUT_COLUMNS = ("step", "heldout_loss", "heldout_loss_per_datapoint")

@@ -69,3 +69,26 @@ def test_bench_ais_quick():
     assert table[2][8] == "1.00"
     for r in table:
         number(r[8])
+
+
+def test_bench_bridge_quick():
+    table = rows(run("bench_bridge.py", "--quick", "--repeats", "1"))
+    assert [r[1] for r in table] == ["is-guide", "bridge", "bridge jit=True", "chib"]
+    assert table[0][7] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        assert int(r[2]) > 0 and all(number(c) >= 0 for c in r[3:])
+
+
+def test_bench_frontier_quick():
+    import inference
+    from inference import estimators
+
+    table = rows(run("bench_frontier.py", "--quick", "--repeats", "1"))
+    ran = [r for r in table if not r[5].startswith("did not apply")]
+    assert {r[0] for r in table} == {m for m in inference.methods()
+                                     if not estimators.get(m).reference}
+    assert next(r for r in ran if r[0] == "is-guide")[5] == "1.00"
+    for r in ran:
+        number(r[3])
+        if r[4] != "-":
+            number(r[4]), number(r[5])

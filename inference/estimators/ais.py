@@ -41,7 +41,7 @@ from typing import Any, Dict
 import pyro
 import torch
 
-from inference.annealing import (OPTIONS, Path, anneal, check_options, check_target,
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_options, check_target,
                                  chunks, fields, schedule)
 from inference.compiled import Graphs
 from inference.estimators import Estimator, Problem, register
@@ -53,6 +53,7 @@ class AIS(Estimator):
     name = "ais"
     summary = "annealed importance sampling, start -> posterior with HMC: a lower bound tight in T"
     options = dict(OPTIONS)
+    checks = CHECKS
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return num_samples * annealing_cost({**OPTIONS, **options})

@@ -19,10 +19,12 @@ from inference import distributed as parallel
 import zoo
 from inference.io import write_text, write_with
 from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
-    Rows, UsageError, lock_folder, locks_held, prepare_out, release_locks,
+    Rows, UsageError, check_out_file, check_path, check_run_files, check_size, lock_folder,
+    locks_held, prepare_out, prepare_run, release_locks, remove_leftovers,
 )
 from zoo.app.heldout import (  # noqa: F401  (re-exported, as above)
-    data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data, split_record,
+    check_new_data, data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data,
+    split_record,
 )
 from zoo.base import Job
 
@@ -167,12 +169,48 @@ def check_estimate_settings(ks: Sequence[Any], seeds: Any) -> None:
         raise UsageError(f"--seeds must be an integer >= 1, got {seeds}")
 
 
+#: the largest config.json read (ppzoo writes about 1 kB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+#: the most numbers ``ppzoo sample`` draws in one command (400 MB as float32)
+MAX_SAMPLE_NUMBERS = 10**8
+
+
+def check_sample_settings(n: Any, seed: Any) -> None:
+    if not (_number(n, True) and n >= 1):
+        raise UsageError(f"-n must be a positive integer, got {n}")
+    if not (_number(seed, True) and 0 <= seed <= zoo.base.MAX_SEED):
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {seed}")
+
+
+def check_draws(n: int, fitted) -> None:
+    """Refuse ``-n`` draws that would not fit in memory (``MAX_SAMPLE_NUMBERS`` numbers)."""
+    import math
+
+    per = sum(math.prod(t.shape[1:]) for t in fitted)
+    if n * per > MAX_SAMPLE_NUMBERS:
+        raise UsageError(f"-n {n}: {n} draws of {per} numbers each are more than the "
+                         f"{MAX_SAMPLE_NUMBERS:.0e} numbers one command draws; ask for at most "
+                         f"{MAX_SAMPLE_NUMBERS // per} (and run it again with other seeds)")
+
+
+def check_sample_out(out: str, folder: Path, config: Dict[str, Any], force: bool) -> Path:
+    """``sample``'s ``--out``: never a file of the run (nor of the compare run holding it) or
+    the data it was fitted on; an existing file only with ``force``."""
+    owners = [folder] + ([folder.parent] if (folder.parent / RUN_FILE).is_file() else [])
+    data = config.get("data")
+    reads = [Path(data)] if data is not None and os.path.isabs(data) else []
+    return check_out_file(out, (".csv", ".npz"), force=force, owners=owners, reads=reads)
+
+
 def read_config(folder: os.PathLike) -> Dict[str, Any]:
     """``folder/config.json``, every field checked (:class:`UsageError` naming the field)."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UsageError(f"{folder} holds no {CONFIG_FILE}: not a fitted run; create one with "
                          "ppzoo fit MODEL --out DIR")
+    check_size(path, MAX_CONFIG_BYTES, "refit with ppzoo fit")
     try:
         config = json.loads(path.read_text())
         if not isinstance(config, dict):
@@ -209,14 +247,13 @@ def _config_problem(config: Dict[str, Any]) -> Optional[str]:
     from inference import estimators
 
     known = estimators.all_options()
-    for key, value in options.items():
+    for key in options:
         if key not in known:
             return f"unknown estimate option {key!r} (known: {', '.join(sorted(known))})"
-        default = estimators.get(known[key]).options[key]
-        integer = isinstance(default, int) and not isinstance(default, bool)
-        if isinstance(default, (int, float)) and not (_number(value, integer) and value >= 1):
-            kind = "an integer" if integer else "a finite number"
-            return f"estimate option {key} must be {kind} >= 1, got {value!r}"
+    try:
+        estimators.check_options(options)
+    except (TypeError, ValueError) as e:
+        return f"estimate option {e}"
     return None
 
 
@@ -264,9 +301,55 @@ def fit_started(folder: Path) -> bool:
     return (folder / CHECKPOINT_FILE).exists() or (folder / "state.pt").exists()
 
 
+def open_fit(folder: os.PathLike, device: str = "cpu"):
+    """The finished fit in ``folder``, for a command that reads it (``estimate``, ``sample``):
+    ``(config, entry, data)``, its config checked, the model built from it, the rows it was
+    fitted on, and its ``state.pt`` bound to all three (:func:`check_saved`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
+    check_run_files(folder)
+    config = read_config(folder)
+    check_models([config["model"]])
+    if not fit_finished(folder):
+        raise UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
+                         "finish it with ppzoo fit ... --resume")
+    entry = make_entry(config["model"], config["options"])
+    data = fitted_rows(load_data(entry, config.get("data"), config.get("subset"), device), config)
+    check_saved(entry, folder, data)
+    return config, entry, data
+
+
+def new_folders(path: os.PathLike) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (``None`` if it exists)."""
+    path, root = Path(path).absolute(), None
+    while not os.path.lexists(path):
+        path, root = path.parent, path
+    return root
+
+
+def discard_unstarted(folder: Path, *, created: Optional[Path], kept_config: bool) -> None:
+    """After a fit stopped before its first checkpoint (an error, Ctrl-C): leave the disk as
+    it was, without the config.json it wrote, nor the folders it made (``created``: the
+    outermost, from :func:`new_folders`)."""
+    if fit_started(folder):
+        return
+    if not kept_config:
+        (folder / CONFIG_FILE).unlink(missing_ok=True)
+    remove_leftovers(folder)
+    path = Path(folder).absolute()
+    while created is not None and path.is_relative_to(created):
+        try:
+            path.rmdir()
+        except OSError:  # something else is in it: keep it
+            return
+        path = path.parent
+
+
 def check_saved(entry, folder: Path, data) -> None:
     """Refuse (one line, before any work) a ``state.pt`` or ``checkpoint.pt`` in ``folder``
-    that is not ppzoo state, or belongs to another model, guide or data set."""
+    that is not ppzoo state, or belongs to another model (its name and options), guide or
+    data set (N and SHA-256): the one identity check of every command that reads a fit."""
     from inference import state as state_file
 
     target = inference.as_target(entry)
