@@ -6,7 +6,7 @@ memory against the number of chains at a fixed memory budget.
                                    [--temperatures 100] [--repeats 5] [--threads N] [--memory]
 
 Three cases: ``inference.estimate`` with its defaults (compiled densities,
-:mod:`inference.compiled`), the same with ``jit=False`` (eager), and the hand-written loop.
+:mod:`inference.compiled_path`), the same with ``jit=False`` (eager), and the hand-written loop.
 Times are min/median/max over repeats after a warm-up, the cases taking turns; the ratio is
 that of the medians, and the median of the per-round ratios (each round runs the cases back
 to back, so they see about the same machine load); the load average (1 minute, its range over
@@ -134,7 +134,7 @@ def main(argv=None):
     print(f"{environment()}; budget {args.budget >> 20} MiB; untrained digits vae, "
           f"{OPTS['leapfrog_steps']} leapfrog steps\n")
 
-    def ours(jit=True):  # the default: compiled densities (inference.compiled)
+    def ours(jit=True):  # the default: compiled densities (inference.compiled_path)
         return inference.estimate(entry, (x,), "ais", K, device=dev, memory_budget=args.budget,
                                   temperatures=T, jit=jit, **OPTS)
 

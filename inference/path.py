@@ -24,7 +24,7 @@ shifted point; any other guide is re-run at each evaluation.
 The potential HMC moves on -- ``log f_beta``, its gradient and ``log p(x, z) - log s(z)`` -- is
 compiled by default (the estimators' ``jit=True``): the densities of an evaluation are
 recorded as one graph once per chunk shape and reused by every chunk of that shape, which
-removes Pyro's Python from the hundreds of evaluations that follow (:mod:`inference.compiled`).
+removes Pyro's Python from the hundreds of evaluations that follow (:mod:`inference.compiled_path`).
 Each chunk checks the graph against the eager potential at a point of its own before using
 it, else runs eagerly; on CPU the two agree bit for bit. ``jit=False`` runs every evaluation
 eagerly.
@@ -47,7 +47,7 @@ import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform
 
-from inference.compiled import Graphs, agree, frozen, leaves
+from inference.compiled_path import Graphs, agree, frozen, leaves
 from inference.estimators import NotApplicable, Problem
 from inference.replay import _site_log_density, in_plate, log_weights, sample_sites
 from inference.sampling import guide_trace
@@ -113,13 +113,13 @@ class Path:
         self._inputs = leaves([idx, [t for _, t, *_ in self.sites], starts])
 
     def frozen(self):
-        """Parameters without gradients while HMC runs (:func:`inference.compiled.frozen`):
+        """Parameters without gradients while HMC runs (:func:`inference.compiled_path.frozen`):
         constants of the compiled graphs; eagerly, nothing differentiates them either."""
         return frozen(self.problem.target.networks.values())
 
     def _compiled_for(self, flat: torch.Tensor):
         """This chunk's compiled densities for the shape of ``flat``, or ``None``: recorded once
-        per signature by :class:`~inference.compiled.Graphs`, used only if the potential they
+        per signature by :class:`~inference.compiled_path.Graphs`, used only if the potential they
         give -- value, gradient and ``log p - log s`` -- agrees with the eager one at a point
         of this chunk's own (``flat + 0.5``, ``beta = 0.5``: both terms count)."""
         key = (flat.shape, flat.stride())
@@ -242,7 +242,7 @@ class Path:
     def potential(self, beta: Union[float, torch.Tensor]):
         """``u -> (log f_beta, its gradient, log p(x, z) - log s(z))`` for :mod:`inference.hmc`;
         ``beta`` a number or a ``[C, B]`` tensor. The densities run compiled where
-        :attr:`graphs` is given and the graph checks out (:mod:`inference.compiled`), else
+        :attr:`graphs` is given and the graph checks out (:mod:`inference.compiled_path`), else
         eagerly: the same numbers either way."""
         b = beta if isinstance(beta, torch.Tensor) else torch.tensor(
             float(beta), dtype=torch.float64, device=self.problem.data[0].device)

@@ -23,7 +23,7 @@ moves every chain and, in local scope, every datapoint's own posterior ``[C, B, 
 
 Options (:data:`OPTIONS`): ``start``, ``warmup``, ``temperatures`` (``start="prior"``),
 ``leapfrog_steps``, ``step_size`` (the first; then adapted), ``target_accept``, ``jit`` (the
-path's densities compiled, one graph per chunk shape, :mod:`inference.compiled`). Cost per chain:
+path's densities compiled, one graph per chunk shape, :mod:`inference.compiled_path`). Cost per chain:
 :func:`chain_cost`.
 
 **Checks** (:class:`Checks`; a failed one is a caveat: the stderr is not vouched for).
@@ -66,7 +66,7 @@ import pyro
 import torch
 
 from inference.annealing import chunks, schedule
-from inference.compiled import Graphs
+from inference.compiled_path import Graphs
 from inference.estimators import NotApplicable, Problem
 from inference.estimators.laplace import check_continuous, guide_start
 from inference.hmc import adapt_step_size, transition

@@ -22,7 +22,7 @@ Options: ``temperatures`` (T, or the list of betas), ``schedule`` (``"sigmoid"``
 initial one, then adapted per temperature and datapoint towards ``target_accept``), ``jit``
 (default ``True``: each chunk's potential runs as a compiled graph, recorded once per chunk
 shape and checked against the eager potential before each chunk uses it, the same numbers as
-eager; ``False``: eager throughout; :mod:`inference.compiled`). ``diagnostics`` count the
+eager; ``False``: eager throughout; :mod:`inference.compiled_path`). ``diagnostics`` count the
 chunks that ran compiled (``jit_chunks``) and those that fell back to eager
 (``jit_fallbacks``, with ``jit_fallback_reason``).
 
@@ -43,7 +43,7 @@ import torch
 
 from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_options, check_target,
                                  chunks, fields, schedule)
-from inference.compiled import Graphs
+from inference.compiled_path import Graphs
 from inference.estimators import Estimator, Problem, register
 from inference.weights import WeightStats
 
@@ -90,7 +90,7 @@ def annealing_cost(o: Dict[str, Any]) -> int:
 
 
 def jit_diagnostics(graphs) -> Dict[str, Any]:
-    """What ran compiled (:meth:`inference.compiled.Graphs.diagnostics`); ``jit_chunks = 0``
+    """What ran compiled (:meth:`inference.compiled_path.Graphs.diagnostics`); ``jit_chunks = 0``
     with ``jit=False``."""
     return graphs.diagnostics() if graphs is not None else dict(jit_chunks=0)
 

@@ -44,7 +44,7 @@ import pyro
 import torch
 
 from inference.annealing import CHECKS, OPTIONS, Path, check_target, check_options, plan
-from inference.compiled import Graphs, frozen
+from inference.compiled_path import Graphs, frozen
 from inference.estimators import Estimator, NotApplicable, Problem, integer, number, register
 from inference.estimators.ais import jit_diagnostics
 from inference.hmc import transition

@@ -1,4 +1,4 @@
-"""The compiled densities of the annealing estimators (inference/compiled.py): the default,
+"""The compiled densities of the annealing estimators (inference/compiled_path.py): the default,
 the same numbers as eager on fixed seeds, one graph per chunk shape, and eager wherever a graph
 cannot be trusted.
 
