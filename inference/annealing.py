@@ -28,7 +28,7 @@ from inference.weights import WeightStats, bytes_allocated, pareto_khat, plan_ch
 
 #: the options every annealing estimator shares, with their defaults
 OPTIONS = {"temperatures": 100, "schedule": "sigmoid", "start": "guide", "leapfrog_steps": 5,
-           "step_size": 0.1, "target_accept": 0.65, "jit": False}
+           "step_size": 0.1, "target_accept": 0.65, "jit": True}
 
 
 def _temperatures(value: Any) -> bool:
@@ -149,18 +149,19 @@ def anneal(path: Path, betas: torch.Tensor, x: torch.Tensor, leapfrog_steps: int
     temperature: it would not change ``w``). Returns ``log w`` ``[C, B]`` and the mean
     acceptance of each transition ``[T - 1]``."""
     step = torch.full((path.B,), float(step_size), dtype=x.dtype, device=x.device)
-    _, _, diff = path.potential(float(betas[0]))(x)
-    log_w = torch.zeros_like(diff)
     accept = []
-    for t in range(1, len(betas)):
-        log_w = log_w + float(betas[t] - betas[t - 1]) * diff
-        if t == len(betas) - 1:
-            break
-        pot = path.potential(float(betas[t]))
-        f, g, diff = pot(x)
-        x, f, g, diff, prob = transition(x, f, g, diff, pot, step, int(leapfrog_steps))
-        step = adapt_step_size(step, prob, target_accept)
-        accept.append(prob.mean())
+    with path.frozen():
+        _, _, diff = path.potential(float(betas[0]))(x)
+        log_w = torch.zeros_like(diff)
+        for t in range(1, len(betas)):
+            log_w = log_w + float(betas[t] - betas[t - 1]) * diff
+            if t == len(betas) - 1:
+                break
+            pot = path.potential(float(betas[t]))
+            f, g, diff = pot(x)
+            x, f, g, diff, prob = transition(x, f, g, diff, pot, step, int(leapfrog_steps))
+            step = adapt_step_size(step, prob, target_accept)
+            accept.append(prob.mean())
     acc = torch.stack(accept) if accept else x.new_zeros(0)
     return log_w, acc
 
