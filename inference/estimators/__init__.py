@@ -128,4 +128,4 @@ def all_options() -> Dict[str, str]:
 
 
 # Importing the built-in estimators registers them, in this order.
-from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc, nested  # noqa: E402,F401,E501
+from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc, nested, stepping_stone  # noqa: E402,F401,E501

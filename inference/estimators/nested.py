@@ -77,8 +77,10 @@ from inference.path import Path
 ALPHA = 0.01
 #: iterations after which a run that has not met its stopping rule is an error
 MAX_ITERATIONS = 100_000
+#: the fewest random-walk steps per new point by default (else the latent dimension)
+MIN_STEPS = 20
 #: the random walk's scale is adapted towards this acceptance
-TARGET_ACCEPT = 0.5
+TARGET_ACCEPT = 0.25
 
 
 @register
@@ -86,7 +88,7 @@ class Nested(Estimator):
     name = "nested"
     summary = "nested sampling over the prior: K live points, constrained random-walk moves"
     weighted = False
-    options = {"mcmc_steps": 25, "batch": 0.5, "stop_fraction": 0.01}
+    options = {"mcmc_steps": None, "batch": 0.5, "stop_fraction": 0.01}
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the number of iterations is known only as it runs
@@ -94,7 +96,7 @@ class Nested(Estimator):
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         o = {**self.options, **options}
         steps, K = o["mcmc_steps"], problem.num_samples
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"mcmc_steps must be an integer >= 1, got {steps!r}")
         if not (0 < o["batch"] < 1 and 0 < o["stop_fraction"] < 1):
             raise ValueError(f"batch and stop_fraction must be in (0, 1), got {o['batch']!r} and "
@@ -114,7 +116,7 @@ class Nested(Estimator):
         err = (info.clamp(min=0) / k_eff).sqrt()
         ranks = sum(r["ranks"] for r in runs)
         distance, pvalue = insertion_test(ranks, b)
-        diag = dict(information=float(info.sum()), live_points=K, batch=b,
+        diag = dict(information=float(info.sum()), live_points=K, batch=b, mcmc_steps=runs[0]["steps"],
                     effective_live_points=k_eff, iterations=max(r["iterations"] for r in runs),
                     evaluations=max(r["evaluations"] for r in runs),
                     acceptance_mean=sum(r["acceptance"] for r in runs) / len(runs),
@@ -173,6 +175,7 @@ def _nested(problem: Problem, idx: Optional[torch.Tensor], K: int, b: int, kc: i
                             "is its likelihood: use method='exact' or 'is-prior'")
     l, p = evaluate(x)
     dev, D, B = x.device, x.shape[-1], x.shape[1]
+    steps = max(MIN_STEPS, D) if steps is None else steps
     n = K - torch.arange(b, dtype=torch.float64, device=dev)  # live points at each removal
     log_t = torch.log(n / (n + 1))
     width = torch.cat([log_t.new_zeros(1), log_t.cumsum(0)[:-1]]) - torch.log(n + 1)
@@ -189,11 +192,17 @@ def _nested(problem: Problem, idx: Optional[torch.Tensor], K: int, b: int, kc: i
         sums.add(torch.where(active, a, torch.full_like(a, -math.inf)), dead.double())
         log_x = torch.where(active, log_x + log_t.sum(), log_x)
         keep = order[b:]
-        parent = keep.gather(0, torch.randint(K - b, (b, B), device=dev))
-        survivors = x.gather(0, keep.unsqueeze(-1).expand(-1, -1, D))
+        # the survivors in random order, in two halves; a chain starting in one half moves
+        # with the other half's covariance, which is independent of its start
+        shuffled = keep.gather(0, torch.rand(keep.shape, device=dev).argsort(0))
+        half = (K - b) // 2
+        pick = torch.randint(K - b, (b, B), device=dev)
+        parent = shuffled.gather(0, pick)
+        cov = [ensemble_cholesky(x.gather(0, part.unsqueeze(-1).expand(-1, -1, D)))
+               for part in (shuffled[half:], shuffled[:half])]
         new, nl, npr, rate = _walk(evaluate, x.gather(0, parent.unsqueeze(-1).expand(-1, -1, D)),
                                    l.gather(0, parent), p.gather(0, parent), dead[-1],
-                                   scale, _proposal(survivors), steps)
+                                   scale, cov, pick < half, steps)
         evaluations += b * steps
         accepted += float(rate[active].mean())
         scale = (scale * torch.exp(2 * (rate - TARGET_ACCEPT))).clamp(1e-4, 10.0)
@@ -214,16 +223,21 @@ def _nested(problem: Problem, idx: Optional[torch.Tensor], K: int, b: int, kc: i
     sums.add(log_x + l.double() - math.log(K), l.double())  # the live points left
     return dict(log_z=sums.log_z, info=sums.mean_ll - sums.log_z,
                 ess=torch.exp(2 * sums.log_z - sums.lse2), ranks=ranks.cpu(), iterations=it,
-                evaluations=evaluations, acceptance=accepted / it)
+                evaluations=evaluations, acceptance=accepted / it, steps=steps)
 
 
-def _walk(evaluate, x, l, p, threshold, scale, chol, steps: int):
+def _walk(evaluate, x, l, p, threshold, scale, chol, first, steps: int):
     """``steps`` random-walk Metropolis steps of the prior in u constrained to ``L > threshold``,
-    every chain at once; returns the states, their log L and log prior, and the acceptance
-    rate per datapoint."""
+    every chain at once, a chain with ``first`` set proposing with ``chol[0]``, the others with
+    ``chol[1]``; returns the states, their log L and log prior, and the acceptance rate per
+    datapoint."""
     accepted = torch.zeros_like(l)
+    first = first.unsqueeze(-1)
     for _ in range(steps):
-        prop = x + scale.unsqueeze(-1) * torch.einsum("bed,cbd->cbe", chol, torch.randn_like(x))
+        eps = torch.randn_like(x)
+        step = torch.where(first, torch.einsum("bed,cbd->cbe", chol[0], eps),
+                           torch.einsum("bed,cbd->cbe", chol[1], eps))
+        prop = x + scale.unsqueeze(-1) * step
         pl, pp = evaluate(prop)
         ok = (pl > threshold) & (torch.rand_like(pp).log() < pp - p)
         x = torch.where(ok.unsqueeze(-1), prop, x)
@@ -241,9 +255,10 @@ def _ranks(survivors: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return (lo + (torch.rand(lo.shape, device=lo.device) * (hi - lo + 1)).long()).T
 
 
-def _proposal(live: torch.Tensor) -> torch.Tensor:
-    """A Cholesky factor ``[B, D, D]`` of the live points' covariance (diagonal when there are
-    too few live points to estimate it, or it is not positive definite)."""
+def ensemble_cholesky(live: torch.Tensor) -> torch.Tensor:
+    """A Cholesky factor ``[B, D, D]`` of the covariance of points ``[m, B, D]`` (the diagonal's
+    square root where there are too few points to estimate it, m <= 2 D, or it is not positive
+    definite)."""
     m, _, D = live.shape
     c = live - live.mean(0)
     cov = torch.einsum("mbd,mbe->bde", c, c) / max(m - 1, 1)
