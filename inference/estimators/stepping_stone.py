@@ -107,6 +107,7 @@ class SteppingStone(Estimator):
         diag = dict(rule=o["rule"], temperatures=len(betas) - 1, moves=int(o["moves"]), groups=G,
                     stepping_stone=float(res["ss"].sum()), ti=float(res["ti"].sum()),
                     ti_simpson=float(res["simpson"].sum()), half_ladder=float(res["half"].sum()),
+                    half_ladder_stderr=float(res["refine_stderr"].pow(2).sum().sqrt()),
                     ais=float(res["ais"].sum()),
                     ais_stderr=float(res["ais_stderr"].pow(2).sum().sqrt()),
                     ais_khat=float(res["ais_khat"].max()), stone_ess_min=float(res["ess"].min()),
@@ -132,6 +133,10 @@ def _caveats(d: Dict[str, Any], value: float, err: float, K: int) -> list:
         if gap > 3:
             out.append(f"the chains lag behind the ladder: {d['rule']} and AIS on the same chains "
                        f"differ by {gap:.1f} combined stderr; raise moves or temperatures")
+    moved = abs(value - d["half_ladder"])
+    if moved > max(err, 3 * d["half_ladder_stderr"]):
+        out.append(f"halving the ladder moves the estimate by {moved:.3g} (its stderr {err:.3g}): "
+                   "the ladder is too coarse; raise temperatures")
     if d["stone_ess_min"] < MIN_ESS and d["rule"] == "stepping-stone":
         out.append(f"a stone's weights have ESS {d['stone_ess_min']:.3g} below {MIN_ESS:g}: "
                    "raise temperatures")
@@ -226,16 +231,20 @@ def _rules(sums, sizes, betas, half, rule: str) -> Dict[str, torch.Tensor]:
     nan = torch.full_like(sums["l"][0, 0], math.nan)
     out = dict(ss=ss(sums, K, list(range(T))), ti=nan, simpson=nan)
     if rule == "ti":
-        fn = lambda s, n: trapezoid(s, n, list(range(T + 1)))  # noqa: E731
-        out.update(ti=fn(sums, K), half=trapezoid(sums, K, half),
-                   simpson=_simpson(sums["l"].sum(1) / K, betas))
+        def fn(s, n):  # the rule on the whole ladder and on every other temperature
+            return torch.stack([trapezoid(s, n, list(range(T + 1))), trapezoid(s, n, half)])
+        out.update(simpson=_simpson(sums["l"].sum(1) / K, betas))
     else:
-        fn = lambda s, n: ss(s, n, list(range(T)))  # noqa: E731
-        out.update(half=ss(sums, K, half[:-1], "hf"))
+        def fn(s, n):
+            return torch.stack([ss(s, n, list(range(T))), ss(s, n, half[:-1], "hf")])
+    value = fn(sums, K)
     loo = torch.stack([fn({k: v[:, torch.arange(G, device=v.device) != g] for k, v in sums.items()},
-                          K - sizes[g])
-                       for g in range(G)])
-    out.update(value=fn(sums, K), stderr=((G - 1) / G * (loo - loo.mean(0)).pow(2).sum(0)).sqrt())
+                          K - sizes[g]) for g in range(G)])
+    loo = torch.cat([loo, (loo[:, 0] - loo[:, 1]).unsqueeze(1)], 1)
+    err = ((G - 1) / G * (loo - loo.mean(0)).pow(2).sum(0)).sqrt()
+    out.update(value=value[0], half=value[1], stderr=err[0], refine_stderr=err[2])
+    if rule == "ti":
+        out["ti"] = value[0]
     return out
 
 
