@@ -17,7 +17,7 @@ same points, and their difference estimates the trapezoid's discretisation error
 **Draws.** K independent chains start at exact draws of ``s`` and at each temperature make
 ``moves`` HMC transitions leaving ``f_b`` invariant (:mod:`inference.hmc`, the annealing
 estimators' sampler), in coordinates whitened by a mass matrix: each half of the chains by the
-covariance of the other half at that temperature (shrunk towards its diagonal), which does not
+covariance of the other half at that temperature, which does not
 depend on its own states (with the chains' own covariance, AIS on the same chains came out 3
 nats high on the 30-D LogGamma at 128 temperatures). The step size, jittered by U(0.5, 1.5)
 per chain and capped at a quarter period of a whitened Gaussian (``pi / 2`` per trajectory),
