@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from inference.estimators import NotApplicable, Problem
+from inference.estimators import NotApplicable, Problem, integer, number, one_of
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw, latents
 from inference.replay import NotEnumerable
@@ -31,6 +31,22 @@ from inference.weights import WeightStats, bytes_allocated, pareto_khat, plan_ch
 #: the options every annealing estimator shares, with their defaults
 OPTIONS = {"temperatures": 100, "schedule": "sigmoid", "start": "guide", "leapfrog_steps": 5,
            "step_size": 0.1, "target_accept": 0.65, "jit": False}
+
+
+def _temperatures(value: Any) -> bool:
+    try:
+        schedule(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+#: what each shared option must be (:func:`inference.estimators.check_options`)
+CHECKS = {"temperatures": (_temperatures, "an integer >= 1 or a list increasing strictly "
+                                          "from 0 to 1, e.g. [0, 0.1, 0.5, 1]"),
+          "schedule": one_of("sigmoid", "linear", "power"), "start": one_of("guide", "prior"),
+          "leapfrog_steps": integer(1), "step_size": number(0),
+          "target_accept": number(0, 1)}
 
 
 def schedule(temperatures: Union[int, Sequence[float]], kind: str = "sigmoid") -> torch.Tensor:
@@ -44,7 +60,7 @@ def schedule(temperatures: Union[int, Sequence[float]], kind: str = "sigmoid") -
             raise ValueError("temperatures must increase strictly from 0 to 1, e.g. "
                              f"[0, 0.1, 0.5, 1]; got {temperatures!r}")
         return beta
-    if isinstance(temperatures, bool) or temperatures < 1:
+    if isinstance(temperatures, bool) or not isinstance(temperatures, int) or temperatures < 1:
         raise ValueError(f"temperatures must be an integer >= 1 or a list, got {temperatures!r}")
     t = torch.linspace(0, 1, temperatures + 1, dtype=torch.float64)
     if kind == "linear":

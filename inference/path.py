@@ -166,8 +166,9 @@ class Path:
             us[name] = u.movedim(pos, 1) if pos is not None else u
         return self.pack(us)
 
-    def densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``log s(z)``, ``log p(x, z)``, ``log |det dT/du|``, each ``[C, B]``, at ``flat`` ``[C, B, D]``."""
+    def transformed(self, flat: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Any]:
+        """The latent values ``z = T(u)`` at ``flat`` ``[C, B, D]`` and ``log |det dT/du|``
+        ``[C, B]`` (the number 0 where every transform is the identity)."""
         us = self.unpack(flat)
         values, log_jac = {}, 0.0
         for name, transform, pos, _ in self.sites:
@@ -177,9 +178,18 @@ class Path:
             lj = transform.log_abs_det_jacobian(us[name], values[name])
             lj = lj.reshape(lj.shape[:1] + (-1,)) if pos is None else lj.movedim(pos, 1)
             log_jac = log_jac + lj.reshape(self.count, self.B, -1).sum(-1)
+        return values, log_jac
+
+    def densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log s(z)``, ``log p(x, z)``, ``log |det dT/du|``, each ``[C, B]``, at ``flat`` ``[C, B, D]``."""
+        values, log_jac = self.transformed(flat)
         joint, model_tr, _ = draw(self.problem, self.count, "values", self.idx, values)
         joint = joint.reshape(self.count, self.B)
         return self._start(values, model_tr).reshape(self.count, self.B), joint, log_jac
+
+    def guide_density(self, values: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log q(z)`` ``[C, B]`` at the latent values ``z`` (a path with ``start="guide"``)."""
+        return self._start(values, None).reshape(self.count, self.B)
 
     def _start(self, values, model_tr) -> torch.Tensor:
         if self.start == "prior":

@@ -162,9 +162,10 @@ def ellipse(mean: Any, cov: Any, num_sd: float = 2.0, num_points: int = 100) -> 
 
 def plot_cost(df: pd.DataFrame, options: Optional[dict] = None, title: Optional[str] = None):
     """Absolute error against the exact reference vs cost, per method (mean over seeds per K):
-    wall-clock seconds (left) and evaluations of ``log p(x, z)`` per datapoint (right, from each
+    wall-clock seconds (left) and evaluations of ``log p(x, z)`` per datapoint (right: the
+    rows' own ``evaluations`` column where there is one, as ``ppzoo bench`` records, else each
     estimator's :meth:`~inference.estimators.Estimator.evaluations` at ``options``; methods
-    whose cost is adaptive are left out there). Estimators are compared at equal cost: lower
+    whose cost is not known are left out there). Estimators are compared at equal cost: lower
     and to the left is better. ``None`` without a reference."""
     from inference import estimators
 
@@ -176,9 +177,13 @@ def plot_cost(df: pd.DataFrame, options: Optional[dict] = None, title: Optional[
         g = part.assign(abs_error=part["error"].abs()).groupby("K", sort=True)
         s = g.agg(seconds=("seconds", "mean"), abs_error=("abs_error", "mean")).reset_index()
         line, = a1.plot(s["seconds"], s["abs_error"], marker="o", label=method)
-        if method in estimators.names():
+        if "evaluations" in part.columns and part["evaluations"].notna().all():
+            cost = list(g["evaluations"].mean())
+        elif method in estimators.names():
             cost = [estimators.get(method).evaluations(int(k), **(options or {})) for k in s["K"]]
-            if all(c is not None for c in cost):
+        else:
+            cost = [None]
+        if all(c is not None for c in cost):
                 a2.plot(cost, s["abs_error"], marker="o", color=line.get_color(), label=method)
     a1.set(xscale="log", yscale="log", xlabel="seconds", ylabel="|estimate - exact| (nats)",
            title="error vs wall-clock time")

@@ -149,9 +149,10 @@ def test_failed_insertion_test_is_a_caveat(monkeypatch):
 def test_refusals_are_one_line():
     x = toy.local_data(5)
     pair = (toy.global_model, toy.global_guide)
-    for options, message in [(dict(mcmc_steps=0), "mcmc_steps must be an integer >= 1"),
-                             (dict(batch=1.0), "batch and stop_fraction must be in"),
-                             (dict(stop_fraction=0.0), "batch and stop_fraction must be in")]:
+    for options, message in [(dict(mcmc_steps=0), "mcmc_steps must be None or an integer >= 1"),
+                             (dict(mcmc_steps=2.5), "mcmc_steps must be None or an integer >= 1"),
+                             (dict(batch=1.0), r"batch must be a number in \(0, 1\)"),
+                             (dict(stop_fraction=0.0), r"stop_fraction must be a number in \(0, 1\)")]:
         with pytest.raises(ValueError, match=message) as err:
             inference.estimate(pair, (x,), "nested", 10, **options)
         assert "\n" not in str(err.value)

@@ -206,3 +206,16 @@ def test_a_user_target_in_one_class():
         assert abs(est.log_evidence - b.log_evidence) < Z * est.stderr
     finally:
         pack.unregister("coin-test")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["radiata-m1", "loggamma-5d", "beta-bernoulli-flat"])
+def test_on_cuda(name):
+    """Fitted and estimated on the GPU: the models make their constants on the data's device."""
+    b = pack.get(name)
+    fit = b.fit(seed=0, device="cuda")
+    est = inference.estimate(fit, b.data(), "is-guide", 10_000, device="cuda", seed=1)
+    assert abs(est.log_evidence - b.log_evidence) < Z * est.stderr
+    lap = inference.estimate(fit, b.data(), "laplace", device="cuda")
+    assert abs(lap.log_evidence - b.log_evidence) < 2.0  # runs; its accuracy is tested on the CPU

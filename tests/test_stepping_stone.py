@@ -149,10 +149,11 @@ def test_evaluations_count_every_evaluation(monkeypatch):
 def test_refusals_are_one_line():
     x = toy.local_data(5)
     pair = (toy.global_model, toy.global_guide)
-    for options, message in [(dict(rule="bridge"), "rule='bridge': use 'stepping-stone' or 'ti'"),
-                             (dict(moves=0), "moves must be >= 1 and groups >= 2"),
-                             (dict(start="posterior"), "start='posterior': use 'guide' or 'prior'"),
-                             (dict(schedule="cubic"), "schedule='cubic': use 'linear'")]:
+    for options, message in [(dict(rule="bridge"), "rule must be one of 'stepping-stone', 'ti'"),
+                             (dict(moves=0), "moves must be an integer >= 1"),
+                             (dict(groups=1), "groups must be an integer >= 2"),
+                             (dict(start="posterior"), "start must be one of 'guide', 'prior'"),
+                             (dict(schedule="cubic"), "schedule must be one of 'sigmoid'")]:
         with pytest.raises(ValueError, match=message) as err:
             inference.estimate(pair, (x,), "stepping-stone", 10, **options)
         assert "\n" not in str(err.value)

@@ -39,7 +39,7 @@ from typing import Any, Dict
 import pyro
 import torch
 
-from inference.annealing import (OPTIONS, Path, anneal, check_options, check_target, chunks,
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_options, check_target, chunks,
                                  fields, schedule)
 from inference.estimators import Estimator, Problem, register
 from inference.weights import WeightStats
@@ -50,6 +50,7 @@ class AIS(Estimator):
     name = "ais"
     summary = "annealed importance sampling, start -> posterior with HMC: a lower bound tight in T"
     options = dict(OPTIONS)
+    checks = CHECKS
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return num_samples * annealing_cost({**OPTIONS, **options})

@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional
 import pyro
 import torch
 
-from inference.annealing import (OPTIONS, Path, anneal, check_target, check_options, chunks,
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_target, check_options, chunks,
                                  fields, schedule)
 from inference.estimators import Estimator, NotApplicable, Problem, register
 from inference.estimators.ais import acceptance, annealing_cost
@@ -49,6 +49,7 @@ class BDMC(Estimator):
     name = "bdmc"
     summary = "forward and reverse AIS on simulated data: a sandwich lower <= log p(x) <= upper"
     options = dict(OPTIONS, latents=None)
+    checks = CHECKS
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return 2 * num_samples * annealing_cost({**OPTIONS, **options})

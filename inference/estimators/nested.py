@@ -78,7 +78,7 @@ import pyro
 import torch
 
 from inference.annealing import check_target, plan
-from inference.estimators import Estimator, NotApplicable, Problem, register
+from inference.estimators import Estimator, NotApplicable, Problem, number, register
 from inference.path import Path
 
 #: the insertion-rank test's level: a smaller p-value puts a caveat on the estimate
@@ -97,6 +97,9 @@ class Nested(Estimator):
     summary = "nested sampling over the prior: K live points, constrained random-walk moves"
     weighted = False
     options = {"mcmc_steps": None, "batch": 0.5, "stop_fraction": 0.01}
+    checks = {"mcmc_steps": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                     and v >= 1), "None or an integer >= 1"),
+              "batch": number(0, 1), "stop_fraction": number(0, 1)}
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the number of iterations is known only as it runs
@@ -104,11 +107,6 @@ class Nested(Estimator):
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         o = {**self.options, **options}
         steps, K = o["mcmc_steps"], problem.num_samples
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"mcmc_steps must be an integer >= 1, got {steps!r}")
-        if not (0 < o["batch"] < 1 and 0 < o["stop_fraction"] < 1):
-            raise ValueError(f"batch and stop_fraction must be in (0, 1), got {o['batch']!r} and "
-                             f"{o['stop_fraction']!r}")
         if K < 2:
             raise ValueError(f"nested sampling needs K >= 2 live points (num_samples), got {K}")
         b = min(K - 1, max(1, round(o["batch"] * K)))

@@ -43,8 +43,8 @@ from typing import Any, Dict
 import pyro
 import torch
 
-from inference.annealing import OPTIONS, Path, check_target, check_options, plan
-from inference.estimators import Estimator, NotApplicable, Problem, register
+from inference.annealing import CHECKS, OPTIONS, Path, check_target, check_options, plan
+from inference.estimators import Estimator, NotApplicable, Problem, integer, number, register
 from inference.hmc import transition
 from inference.weights import WeightStats
 
@@ -57,6 +57,8 @@ class SMC(Estimator):
     summary = "tempered SMC for log p(X): adaptive temperatures, resampling, HMC moves"
     options = dict(OPTIONS, start="prior", runs=4, moves=5, ess_target=0.5,
                    resample_threshold=0.5)
+    checks = dict(CHECKS, runs=integer(1), moves=integer(1), ess_target=number(0, 1),
+                  resample_threshold=number(0, 1, closed="high"))
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the number of stages is chosen as it runs

@@ -65,8 +65,9 @@ from typing import Any, Dict
 import pyro
 import torch
 
-from inference.annealing import OPTIONS, Path, check_options, check_target, chunks, schedule
-from inference.estimators import Estimator, NotApplicable, Problem, register
+from inference.annealing import (CHECKS, OPTIONS, Path, check_options, check_target, chunks,
+                                 schedule)
+from inference.estimators import Estimator, NotApplicable, Problem, integer, one_of, register
 from inference.estimators.nested import ensemble_cholesky
 from inference.hmc import adapt_step_size, transition
 from inference.weights import MIN_ESS, WeightStats, pareto_khat
@@ -85,6 +86,7 @@ class SteppingStone(Estimator):
     weighted = False
     options = dict(OPTIONS, rule="stepping-stone", temperatures=32, schedule="power",
                    start="prior", moves=5, groups=10)
+    checks = dict(CHECKS, rule=one_of(*RULES), moves=integer(1), groups=integer(2))
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         o = {**self.options, **options}
@@ -94,11 +96,7 @@ class SteppingStone(Estimator):
 
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         o = {**self.options, **options}
-        if o["rule"] not in RULES:
-            raise ValueError(f"rule={o['rule']!r}: use 'stepping-stone' or 'ti'")
         check_options(o["start"], o["leapfrog_steps"], o["step_size"], o["target_accept"])
-        if int(o["moves"]) < 1 or int(o["groups"]) < 2:
-            raise ValueError("moves must be >= 1 and groups >= 2")
         K = problem.num_samples
         if K < 2:
             raise ValueError(f"stepping-stone needs K >= 2 chains (num_samples) for its stderr, got {K}")

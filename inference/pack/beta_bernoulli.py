@@ -42,7 +42,7 @@ class _BetaBernoulli(Benchmark):
         return (torch.tensor([1.0, 0.0] * HEADS),)
 
     def model(self, x):
-        p = pyro.sample("p", dist.Beta(*self.prior))
+        p = pyro.sample("p", dist.Beta(*x.new_tensor(self.prior)))
         with pyro.plate("data", len(x)):
             pyro.sample("x", dist.Bernoulli(p), obs=x)
 
@@ -55,8 +55,8 @@ class _BetaBernoulli(Benchmark):
 
 def beta_guide(x):
     """A user-written guide: a Beta with fitted shapes (the exact posterior's family)."""
-    a = pyro.param("q_a", lambda: torch.tensor(2.0), constraint=constraints.positive)
-    b = pyro.param("q_b", lambda: torch.tensor(2.0), constraint=constraints.positive)
+    a = pyro.param("q_a", lambda: x.new_tensor(2.0), constraint=constraints.positive)
+    b = pyro.param("q_b", lambda: x.new_tensor(2.0), constraint=constraints.positive)
     pyro.sample("p", dist.Beta(a, b))
 
 

@@ -13,7 +13,8 @@ is N(m_i, 1) with ``|m_i| <= 1``, 9 sds from the walls): ``log Z = -3 log 20 = -
 1e-18. The posterior is that Gaussian, with correlation 0.95: the default guide
 (``AutoMultivariateNormal``) can match it; the ``"meanfield"`` guide (``AutoNormal``) cannot,
 the case where importance sampling with a mean-field guide is weakest and bridge sampling
-should win [2].
+should win [2]. The posterior is Gaussian in theta but not in the unconstrained (scaled logit)
+coordinates of the box, so ``laplace`` is not exact here: 0.03 nats low.
 
 References
 
@@ -59,11 +60,10 @@ class CorrelatedGaussian3(Benchmark):
         return (torch.linspace(-1.0, 1.0, self.dims).unsqueeze(0),)
 
     def model(self, x):
-        theta = pyro.sample("theta", dist.Uniform(-HALF_WIDTH, HALF_WIDTH)
-                            .expand([self.dims]).to_event(1))
+        box = x.new_tensor([-HALF_WIDTH, HALF_WIDTH])
+        theta = pyro.sample("theta", dist.Uniform(box[0], box[1]).expand([self.dims]).to_event(1))
         with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.MultivariateNormal(theta, covariance(self.dims)),
-                        obs=x)
+            pyro.sample("x", dist.MultivariateNormal(theta, covariance(self.dims).to(x)), obs=x)
 
     def make_guide(self, kind):
         guide = AutoMultivariateNormal if kind == "mvn" else AutoNormal

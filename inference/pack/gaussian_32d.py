@@ -45,7 +45,7 @@ class Gaussian32(Benchmark):
         return (theta + torch.randn(N, D, generator=g),)
 
     def model(self, y):
-        theta = pyro.sample("theta", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        theta = pyro.sample("theta", dist.Normal(y.new_zeros(D), 1.0).to_event(1))
         with pyro.plate("data", len(y)) as idx:
             pyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=y[idx])
 

@@ -74,13 +74,13 @@ def mixture_guide(table: torch.Tensor) -> None:
     through the sigmoid onto the cube. (Fitted weights would drift apart: the ELBO seeks modes.)"""
     d = len(table)
     choices = [sorted(set(row[:2].tolist())) for row in table]
-    centres = torch.tensor(list(itertools.product(*choices)))  # [C, d]
+    centres = table.new_tensor(list(itertools.product(*choices)))  # [C, d]
     init = torch.logit(centres)
     loc = pyro.param("mixture_loc", lambda: init.clone())
     scale = pyro.param("mixture_scale",
                        lambda: (SCALE / (centres * (1 - centres))).clone(),
                        constraint=constraints.positive)
-    base = dist.MixtureOfDiagNormals(loc, scale, torch.zeros(len(centres)))
+    base = dist.MixtureOfDiagNormals(loc, scale, table.new_zeros(len(centres)))
     pyro.sample("theta", dist.TransformedDistribution(base, [SigmoidTransform()]))
 
 
@@ -93,7 +93,8 @@ class _LogGamma(Benchmark):
         return (bumps(self.dims),)
 
     def model(self, table):
-        theta = pyro.sample("theta", dist.Uniform(0.0, 1.0).expand([self.dims]).to_event(1))
+        theta = pyro.sample("theta", dist.Uniform(table.new_zeros(()), table.new_ones(()))
+                            .expand([self.dims]).to_event(1))
         pyro.factor("loglike", log_likelihood(theta, table))
 
     def make_guide(self, kind):

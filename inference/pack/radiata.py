@@ -83,8 +83,8 @@ def least_squares(y: torch.Tensor, x: torch.Tensor):
     rss = float(((y - X @ coef) ** 2).sum())
     n = len(y)
     se = (rss / (n - 2) * torch.linalg.inv(X.T @ X).diagonal()).sqrt()
-    centre = torch.cat([coef, torch.tensor([math.log(n / rss)], dtype=coef.dtype)])
-    return centre, torch.cat([se, torch.tensor([math.sqrt(2.0 / n)], dtype=se.dtype)])
+    centre = torch.cat([coef, coef.new_tensor([math.log(n / rss)])])
+    return centre, torch.cat([se, se.new_tensor([math.sqrt(2.0 / n)])])
 
 
 def whitened_guide(y, x):
@@ -92,8 +92,8 @@ def whitened_guide(y, x):
     location and log scale are fitted as offsets from its estimate and standard error (so one
     Adam step moves every latent alike, whatever its scale: 3000 for alpha, 1e-5 for tau)."""
     centre, se = least_squares(y, x)
-    offset = pyro.param("radiata_offset", lambda: torch.zeros(3, dtype=y.dtype))
-    log_scale = pyro.param("radiata_log_scale", lambda: torch.zeros(3, dtype=y.dtype))
+    offset = pyro.param("radiata_offset", lambda: y.new_zeros(3))
+    log_scale = pyro.param("radiata_log_scale", lambda: y.new_zeros(3))
     loc, scale = centre + se * offset, se * log_scale.exp()
     pyro.sample("alpha", dist.Normal(loc[0], scale[0]))
     pyro.sample("beta", dist.Normal(loc[1], scale[1]))
@@ -111,9 +111,10 @@ class _Radiata(Benchmark):
         return (t[:, 0], t[:, self.column])
 
     def model(self, y, x):
-        alpha = pyro.sample("alpha", dist.Normal(PRIOR_MEAN[0], PRIOR_SD[0]))
-        beta = pyro.sample("beta", dist.Normal(PRIOR_MEAN[1], PRIOR_SD[1]))
-        tau = pyro.sample("tau", dist.Gamma(TAU_SHAPE, TAU_RATE))
+        mean, sd = y.new_tensor(PRIOR_MEAN), y.new_tensor(PRIOR_SD)
+        alpha = pyro.sample("alpha", dist.Normal(mean[0], sd[0]))
+        beta = pyro.sample("beta", dist.Normal(mean[1], sd[1]))
+        tau = pyro.sample("tau", dist.Gamma(y.new_tensor(TAU_SHAPE), y.new_tensor(TAU_RATE)))
         with pyro.plate("data", len(y)) as idx:
             mean = alpha + beta * (x[idx] - x.mean())
             pyro.sample("y", dist.Normal(mean, tau.rsqrt()), obs=y[idx])
