@@ -92,3 +92,12 @@ def test_bench_frontier_quick():
         number(r[3])
         if r[4] != "-":
             number(r[4]), number(r[5])
+
+
+def test_bench_nested_ss_quick():
+    table = rows(run("bench_nested_ss.py", "--quick"))
+    assert [r[0] for r in table] == ["is-guide", "nested", "stepping-stone"]
+    assert table[0][4] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        number(r[3])
+        number(r[4])
