@@ -15,6 +15,11 @@ Built in, one file each under ``inference/estimators/``:
     Annealing from the guide (or the prior) to the posterior with HMC moves.
 ``laplace``, ``harmonic-mean``, ``bridge``, ``chib``
     From the posterior's mode or from HMC draws of it.
+``nested``
+    Nested sampling over the prior, constrained random-walk moves.
+``stepping-stone``
+    Power posteriors on a temperature ladder with HMC: stepping-stone ratios or thermodynamic
+    integration.
 
 Each file's docstring tells its estimator's story; ``ppzoo list --methods`` prints the one-line
 ``summary`` of every registered method.
@@ -45,7 +50,7 @@ from inference.weights import stderr_caveats
 #: the built-in methods (those of ``inference/estimators/``); :func:`methods` lists every
 #: registered one, a user's own too
 METHODS = ("elbo", "is-guide", "is-prior", "exact", "ais", "bdmc", "smc", "laplace",
-           "harmonic-mean", "bridge", "chib")
+           "harmonic-mean", "bridge", "chib", "nested", "stepping-stone")
 
 
 def methods() -> tuple:

@@ -415,7 +415,7 @@ def _refuse(line: str, heard: bool = False) -> None:
 #: inference.methods())
 MODEL_NAMES = "dlvm, fa, fvsbn, gmm, independent, map_l2, nade, vae"
 METHOD_NAMES = ("elbo, is-guide, is-prior, exact, ais, bdmc, smc, laplace, harmonic-mean, bridge, "
-                "chib")
+                "chib, nested, stepping-stone")
 
 RUNS_CODE = ("Loading the file runs its code, as python FILE.py would (all but its if __name__ "
              "== '__main__': part): use it on files you trust.")
