@@ -91,6 +91,8 @@ class Estimator:
     :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
     :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
         ``laplace``): a benchmark runs it once per target.
+    :cvar min_samples: the smallest K it runs with (its :meth:`run` refuses a smaller one);
+        :func:`inference.compare` leaves the smaller K of its grid out for it.
     """
 
     name: ClassVar[str] = ""
@@ -101,6 +103,7 @@ class Estimator:
     checks: ClassVar[Mapping[str, "Check"]] = {}
     shardable: ClassVar[bool] = False
     deterministic: ClassVar[bool] = False
+    min_samples: ClassVar[int] = 1
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)
