@@ -242,6 +242,16 @@ def test_sample_refuses_a_user_pair_in_one_line(local_run, tmp_path):
     assert not (tmp_path / "d.csv").exists()
 
 
+def test_other_data_for_a_guide_with_per_datapoint_parameters_is_one_line(local_run, tmp_path):
+    # its guide's loc and scale are the training rows' own: refused before any output
+    out, _, _, _ = local_run
+    other, _ = local_data(tmp_path, n=20)
+    before = sorted(os.listdir(out / "local"))
+    refused(["estimate", out / "local", "--data", other, "--method", "exact"],
+            "it cannot evaluate other data")
+    assert sorted(os.listdir(out / "local")) == before
+
+
 def test_help_says_that_loading_a_file_runs_its_code():
     for command in ("fit", "compare"):
         rc, stdout, _ = run_main([command, "--help"])

@@ -247,8 +247,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     done = table.done()
     inference.load_fit(entry, folder, device=args.device, data=fitted)
     if args.data is not None:
+        evaluator = jobs.evaluation_entry(entry, data)  # or one line: it cannot
         _echo(f"evaluating the fitted {entry.name} on {args.data} ({len(data[0])} datapoints)")
-        evaluator = jobs.evaluation_entry(entry, data)
     df = inference.compare(
         evaluator, data, methods=methods, num_samples=ks, seeds=range(seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
