@@ -59,6 +59,7 @@ class SMC(Estimator):
                    resample_threshold=0.5)
     checks = dict(CHECKS, runs=integer(1), moves=integer(1), ess_target=number(0, 1),
                   resample_threshold=number(0, 1, closed="high"))
+    unbiased = True
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the number of stages is chosen as it runs
