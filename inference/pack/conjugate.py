@@ -107,4 +107,5 @@ class NormalLocal(_Conjugate):
         return Simulated((z + SIGMA * torch.randn(self.size, generator=g),), {"z": z})
 
     def evidence(self, x) -> float:
-        return float(dist.Normal(0.0, math.sqrt(1 + SIGMA**2)).log_prob(x.double()).sum())
+        x = x.double()
+        return float(dist.Normal(x.new_zeros(()), math.sqrt(1 + SIGMA**2)).log_prob(x).sum())

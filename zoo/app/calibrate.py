@@ -188,20 +188,22 @@ def _coverage(plan: Plan, t, mine: Dict[str, str], echo) -> None:
         def keep(seed, est, method=method, K=K, own=own):
             batch.add(_row(t.name, method, K, seed, est, truth, own.get("start", "")))
 
-        for retry in (False, True):
-            try:
-                inference.calibrate(fitted, data, method, truth, seeds=seeds, num_samples=K,
-                                    scope=scope, device=plan.device, callback=keep, **own)
-            except estimators.NotApplicable as err:
-                if not retry and "start='prior'" in str(err) and own.get("start") != "prior":
-                    own["start"] = "prior"  # what the refusal names: an autoguide's start
-                    echo(f"{t.name}: {method} from the prior: {reason(err)}")
-                    continue
-                mine[method] = reason(err)
-            except (ValueError, RuntimeError) as err:
-                mine[method] = reason(err)
-            break
-        batch.flush()
+        try:  # finished estimates are written even when interrupted (Ctrl-C)
+            for retry in (False, True):
+                try:
+                    inference.calibrate(fitted, data, method, truth, seeds=seeds, num_samples=K,
+                                        scope=scope, device=plan.device, callback=keep, **own)
+                except estimators.NotApplicable as err:
+                    if not retry and "start='prior'" in str(err) and own.get("start") != "prior":
+                        own["start"] = "prior"  # what the refusal names: an autoguide's start
+                        echo(f"{t.name}: {method} from the prior: {reason(err)}")
+                        continue
+                    mine[method] = reason(err)
+                except (ValueError, RuntimeError) as err:
+                    mine[method] = reason(err)
+                break
+        finally:
+            batch.flush()
         if method in mine:
             echo(f"{t.name}: {method} did not run: {mine[method]}")
         rows = plan.table.df[(plan.table.df["target"] == t.name) &
