@@ -92,8 +92,8 @@ class Estimator:
     :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
         ``laplace``): a benchmark runs it once per target.
     :cvar unbiased: ``exp`` of its value is an unbiased estimate of ``p(x)`` (importance
-        sampling, AIS, SMC): over many seeds the mean of ``Z_hat / Z`` must be 1
-        (:func:`inference.calibrate`).
+        sampling, AIS; not SMC with adaptive temperatures): over many seeds the mean of
+        ``Z_hat / Z`` must be 1 (:func:`inference.calibrate`).
     :cvar consistent: its value converges to ``log p(x)`` as K grows, so its standard error is
         meant to cover the truth; False for a bound whose gap K does not close (the ELBO:
         its stderr is that of the bound), which calibration reports as not expected to cover.
