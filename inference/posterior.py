@@ -23,7 +23,7 @@ moves every chain and, in local scope, every datapoint's own posterior ``[C, B, 
 
 Options (:data:`OPTIONS`): ``start``, ``warmup``, ``temperatures`` (``start="prior"``),
 ``leapfrog_steps``, ``step_size`` (the first; then adapted), ``target_accept``, ``jit`` (the
-path's densities compiled per chunk, :mod:`inference.path`). Cost per chain:
+path's densities compiled, one graph per chunk shape, :mod:`inference.compiled_path`). Cost per chain:
 :func:`chain_cost`.
 
 **Checks** (:class:`Checks`; a failed one is a caveat: the stderr is not vouched for).
@@ -57,6 +57,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Dict, List
@@ -65,6 +66,7 @@ import pyro
 import torch
 
 from inference.annealing import chunks, schedule
+from inference.compiled_path import Graphs
 from inference.estimators import NotApplicable, Problem
 from inference.estimators.laplace import check_continuous, guide_start
 from inference.hmc import adapt_step_size, transition
@@ -134,10 +136,12 @@ class Draws:
 def sample(problem: Problem, idx, counts: List[int], o: Dict[str, Any]) -> Draws:
     """``sum(counts)`` chains, in chunks of ``counts``, for the datapoints ``idx``."""
     us, joints, jacs, diffs, acc, weights, moved = [], [], [], [], [], [], []
+    graphs = Graphs() if o["jit"] else None
     for count in counts:
-        path = Path(problem, "prior", count, idx, jit=bool(o["jit"]))
+        path = Path(problem, "prior", count, idx, graphs)
         x = guide_start(problem, path, idx, point=False) if o["start"] == "guide" else path.pack(path.initial)
-        x, f, diff, a, fixed, log_w = _chains(path, x, o)
+        with path.frozen() if graphs is not None else contextlib.nullcontext():  # graphs' constants
+            x, f, diff, a, fixed, log_w = _chains(path, x, o)
         weights.append(log_w)
         moved.append(fixed * count)
         _, lj = path.transformed(x)

@@ -23,12 +23,14 @@ import math
 from typing import Any, Callable, Dict, Optional
 
 import pyro
+import pyro.poutine as poutine
 import torch
 
 from inference import distributed as parallel
 from inference.estimators import NotApplicable, Problem
-from inference.replay import in_plate, log_weights, sample_sites
-from inference.target import num_datapoints
+from inference.plates import on_datapoints
+from inference.replay import PARTICLES, _traced, in_plate, log_weights, sample_sites
+from inference.target import num_datapoints, subsampled
 from inference.weights import WeightStats, pareto_khat, stream
 
 #: statistic name -> (value, standard error) of a :class:`WeightStats`
@@ -165,15 +167,31 @@ def _assemble(chunks, local: bool) -> torch.Tensor:
     return torch.cat(columns, 1)
 
 
+def guide_trace(problem: Problem, count: int, idx: Optional[torch.Tensor],
+                values: Optional[Dict[str, torch.Tensor]] = None):
+    """The guide on the datapoints ``idx`` (``None``: all) under a particle plate of ``count``,
+    conditioned on the values held fixed and on ``values``: the guide's half of
+    :func:`inference.replay.log_weights`, which draws the same particles."""
+    p = problem
+    given = {**(p.fixed or {}), **(values or {})}
+    guide = poutine.condition(p.target.guide, given) if given else p.target.guide
+    handler, data = on_datapoints(p.target, p.data, idx)
+    dim = -(p.max_plate_nesting + 1)
+
+    def vectorized(*args):
+        with pyro.plate(PARTICLES, count, dim=dim):
+            return guide(*args)
+
+    return _traced(subsampled(vectorized, handler), *data)
+
+
 def check_proposal(problem: Problem) -> None:
     """The guide must have a density at every latent to importance-sample with: a ``Delta`` is
-    one only where the guide draws an auxiliary latent it transforms (an autoguide)."""
-    tgt, data = problem.target, problem.data
+    one only where the guide draws an auxiliary latent it transforms (an autoguide). Read off
+    one guide trace with one particle on two datapoints (the model's replay is the pilot's)."""
+    data = problem.data
     idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if problem.local else None
-    _, _, guide_tr = log_weights(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
-                                 local=problem.local, indices=idx, fixed=problem.fixed,
-                                 with_traces=True)
-    sites = list(sample_sites(guide_tr, latent_only=True))
+    sites = list(sample_sites(guide_trace(problem, 1, idx), latent_only=True))
     if any(site["infer"].get("is_auxiliary") for _, site in sites):
         return
     for name, site in sites:

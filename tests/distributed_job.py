@@ -21,10 +21,10 @@ from pyro.infer.autoguide import AutoDelta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy  # noqa: E402
+from fittools import interrupted_after  # noqa: E402
 
 import inference  # noqa: E402
 from inference import distributed as parallel  # noqa: E402
-from inference import svi as svi_module  # noqa: E402
 
 
 def hierarchical(x):
@@ -72,23 +72,6 @@ def fits(out: Path, rank: int) -> dict:
     got["resume"] = (whole.state["params"], resumed.state["params"],
                      whole.losses["loss"].to_numpy(), resumed.losses["loss"].to_numpy())
     return got
-
-
-@contextlib.contextmanager
-def interrupted_after(step: int):
-    """Ctrl-C (KeyboardInterrupt) right after the checkpoint of ``step``, on every rank."""
-    real = svi_module._checkpoint
-
-    def stop(*args):
-        real(*args)
-        if args[4] == step:
-            raise KeyboardInterrupt
-
-    svi_module._checkpoint = stop
-    try:
-        yield
-    finally:
-        svi_module._checkpoint = real
 
 
 #: ``ppzoo fit vae`` of 60 steps: checkpoints at step 50, inside an epoch of 3 batches

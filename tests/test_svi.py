@@ -1,6 +1,5 @@
 """inference.fit: minibatch unbiasedness, checkpoints, save/load, errors."""
 
-import importlib
 import math
 
 import pyro
@@ -9,6 +8,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import inference
+from fittools import interrupted_after
 from inference.state import StateError
 from inference.target import SubsampleAt, subsampled
 from toy import global_guide, global_model, local_data, local_guide, local_model, set_local_guide
@@ -65,19 +65,11 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     x = local_data(100)
     whole = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False)
     ckpt = tmp_path / "ckpt.pt"
-    svi_module = importlib.import_module("inference.svi")
-    real = svi_module._checkpoint
-
-    def stop_at_28(*args):  # Ctrl-C right after the checkpoint of step 28: inside an epoch
-        real(*args)  # (5 batches of 20), so the resumed stream must pick up its permutation
-        if args[4] == 28:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(svi_module, "_checkpoint", stop_at_28)
-        with pytest.raises(KeyboardInterrupt):
-            inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
-                          checkpoint=ckpt, checkpoint_every=7)
+    # Ctrl-C right after the checkpoint of step 28: inside an epoch (5 batches of 20), so the
+    # resumed stream must pick up its permutation
+    with interrupted_after(28), pytest.raises(KeyboardInterrupt):
+        inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
+                      checkpoint=ckpt, checkpoint_every=7)
     # the checkpoint is plain tensors and data: it loads without running pickled code
     assert torch.load(ckpt, weights_only=True)["step"] == 28
     resumed = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,

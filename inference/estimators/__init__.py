@@ -211,3 +211,4 @@ def check_options(options: Mapping[str, Any], methods: Optional[Sequence[str]] =
 from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc  # noqa: E402,F401
 from inference.estimators import laplace, harmonic_mean  # noqa: E402,F401
 from inference.estimators import bridge, chib  # noqa: E402,F401
+from inference.estimators import nested, stepping_stone  # noqa: E402,F401

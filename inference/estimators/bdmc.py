@@ -37,10 +37,11 @@ from typing import Any, Dict, Optional
 import pyro
 import torch
 
-from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_target, check_options, chunks,
-                                 fields, schedule)
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_target, check_options,
+                                 chunks, fields, schedule)
+from inference.compiled_path import Graphs
 from inference.estimators import Estimator, NotApplicable, Problem, register
-from inference.estimators.ais import acceptance, annealing_cost
+from inference.estimators.ais import acceptance, annealing_cost, jit_diagnostics
 from inference.weights import WeightStats
 
 
@@ -68,11 +69,12 @@ class BDMC(Estimator):
         plan_, (kc, bc) = chunks(problem, o["start"])
         K = problem.num_samples
         fwd, rev, acc_f, acc_r, weight = [], [], 0.0, 0.0, 0
+        graphs = Graphs() if o["jit"] else None
         with pyro.validation_enabled(False):
             for idx, counts in plan_:
                 sf, sr = WeightStats(K), WeightStats(K)
                 for count in counts:
-                    path = Path(problem, o["start"], count, idx, jit=bool(o["jit"]))
+                    path = Path(problem, o["start"], count, idx, graphs)
                     args = (o["leapfrog_steps"], o["step_size"], o["target_accept"])
                     log_w, a = anneal(path, betas, path.pack(path.initial), *args)
                     sf.update(log_w)
@@ -90,7 +92,8 @@ class BDMC(Estimator):
         diag.update(lower=lower["log_evidence"], upper=upper["log_evidence"],
                     gap=upper["log_evidence"] - lower["log_evidence"],
                     lower_stderr=lower["stderr"], upper_stderr=upper["stderr"],
-                    temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc)
+                    temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc,
+                    **jit_diagnostics(graphs))
         if problem.local:
             diag.update(upper_per_datapoint=upper["per_datapoint"],
                         gap_per_datapoint=upper["per_datapoint"] - lower["per_datapoint"])

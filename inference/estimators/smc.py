@@ -53,7 +53,9 @@ import pyro
 import torch
 
 from inference.annealing import CHECKS, OPTIONS, Path, check_target, check_options, plan
+from inference.compiled_path import Graphs, frozen
 from inference.estimators import Estimator, NotApplicable, Problem, integer, number, register
+from inference.estimators.ais import jit_diagnostics
 from inference.hmc import transition
 from inference.weights import WeightStats
 
@@ -88,9 +90,11 @@ class SMC(Estimator):
         chunk, _ = plan(dataclasses.replace(problem, num_samples=R * K), o["start"])
         per_chunk = max(1, chunk // K)
         log_z, stages, resampled, acc = [], [], [], []
+        graphs = Graphs() if o["jit"] else None
         with pyro.validation_enabled(False):
             for first in range(0, R, per_chunk):
-                out = _smc(problem, min(per_chunk, R - first), o)
+                with frozen(problem.target.networks.values()):
+                    out = _smc(problem, min(per_chunk, R - first), o, graphs)
                 for store, value in zip((log_z, stages, resampled, acc), out):
                     store.append(value)
         log_z = torch.cat(log_z).double()
@@ -100,13 +104,14 @@ class SMC(Estimator):
                     ess=float(st.ess()), khat=math.nan,
                     diagnostics=dict(runs=log_z.tolist(), stages=torch.cat(stages).tolist(),
                                      resamplings=torch.cat(resampled).tolist(),
-                                     acceptance_mean=float(torch.cat(acc).mean())))
+                                     acceptance_mean=float(torch.cat(acc).mean()),
+                                     **jit_diagnostics(graphs)))
 
 
-def _smc(problem: Problem, R: int, o: Dict[str, Any]):
+def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None):
     """``R`` runs of K particles each, vectorized: particle ``r * K + i``."""
     K = problem.num_samples
-    path = Path(problem, o["start"], R * K, None, jit=bool(o["jit"]))
+    path = Path(problem, o["start"], R * K, None, graphs)
     x = path.pack(path.initial)
     _, _, diff = path.potential(0.0)(x)
     dtype, dev = diff.dtype, diff.device

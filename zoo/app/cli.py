@@ -3,7 +3,7 @@
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
-              [--loss trace|meanfield|traceenum] [--kl-weight BETA]
+              [--loss trace|meanfield|traceenum] [--kl-weight BETA] [--no-compile]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
@@ -142,7 +142,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
                        device=args.device, progress=_progress(args), echo=_echo,
-                       distributed=world.size > 1)
+                       distributed=world.size > 1, compile=not args.no_compile)
     except BaseException:  # stopped before its first checkpoint: leave the folder as it was
         if world.writer:
             jobs.discard_unstarted(out, created=created, kept_config=kept)
@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0)")
     f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model constructor option, e.g. --option guide=gaussian K=4")
+    f.add_argument("--no-compile", action="store_true",
+                   help="take every SVI step eagerly (default: after the first, the compiled "
+                        "step where it applies, the same fit faster; the line after the fit "
+                        "says which ran and why)")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted fit in DIR from its last checkpoint (same "
                         "settings; checkpoints every 10%% of the steps, at least 50)")

@@ -436,11 +436,12 @@ def on_rank0(fn: Callable[[], Any], world: parallel.World) -> Any:
 def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,
               seed: int = 0, device: str = "cpu", progress: bool = False,
               echo: Callable[[str], None] = print, split: Optional[Dict[str, Any]] = None,
-              distributed: bool = False):
+              distributed: bool = False, compile: bool = True):  # noqa: A002
     """Fit ``entry`` with ``job``'s settings; write config.json, state.pt, losses.csv,
     loss.png under ``folder``. An existing ``folder/checkpoint.pt`` is continued. ``split``
     (:func:`split_record`): ``data`` is the training part of a split, recorded in the config.
-    With ``distributed``, one of ``torchrun``'s processes: rank 0 alone writes."""
+    With ``distributed``, one of ``torchrun``'s processes: rank 0 alone writes. ``compile``:
+    as :func:`inference.fit`'s (the same fit either way)."""
     from inference.plots import plot_losses
 
     world = parallel.world()
@@ -453,19 +454,23 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
                            num_particles=job.num_particles, loss=job.loss, kl_weight=job.kl_weight,
                            seed=seed, device=device, progress=progress,
                            checkpoint=folder / CHECKPOINT_FILE,
-                           checkpoint_every=max(50, job.steps // 10), distributed=distributed)
+                           checkpoint_every=max(50, job.steps // 10), distributed=distributed,
+                           compile=compile)
     final = float(result.losses["loss_per_datapoint"].tail(50).mean())
+    why = result.diagnostics["not_compiled"]
 
     def write():  # the other ranks wait for it: the run folder is finished when they return
         result.save(folder)
-        config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
+        config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final,
+                             not_compiled=why)
         write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
         save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"),
                     folder / "loss.png")
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
 
     on_rank0(write, world)
-    echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s, "
+    echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s "
+         f"({'compiled' if why is None else 'eager: ' + why}), "
          f"-ELBO/datapoint {final:.4g} (mean of the last 50 steps) -> {folder}")
     return result
 
