@@ -12,8 +12,8 @@ import pytest
 import inference
 from clitools import run_main
 from inference import pack
-from test_cli import figure_problems
-from zoo.app import calibrate, jobs
+from test_bench_cli import run_checking_figures
+from zoo.app import calibrate
 
 TARGETS = ["normal-mean", "normal-local"]
 METHODS = ["is-guide", "elbo", "laplace", "bdmc"]
@@ -23,21 +23,11 @@ FIGURES = {}
 
 @pytest.fixture(scope="module")
 def cal_run(tmp_path_factory):
-    save = jobs.save_figure
-
-    def checked(fig, path):
-        FIGURES[str(path)] = figure_problems(fig)
-        return save(fig, path)
-
     out = tmp_path_factory.mktemp("calibrate") / "run"
     args = ["calibrate", "--quick", "--no-progress", "--seeds", SEEDS, "--out", out]
     args += [a for t in TARGETS for a in ("--target", t)]
     args += [a for m in METHODS for a in ("--method", m)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(calibrate, "save_figure", checked)
-        rc, stdout, stderr = run_main(args)
-    assert rc == 0, stderr
-    return out, stdout, args
+    return out, run_checking_figures(calibrate, args, FIGURES), args
 
 
 def test_rows_against_the_truth(cal_run):

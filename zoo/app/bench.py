@@ -84,18 +84,26 @@ def target_names(quick: bool) -> List[str]:
     return list(pack.names()) + [f"zoo:{m}" for m in (ZOO_QUICK if quick else ZOO_TARGETS)]
 
 
-def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
-            quick: bool = False, device: str = "cpu", resume: bool = False) -> Plan:
-    """Every check of ``ppzoo bench`` that can fail, before any work. Raises UsageError."""
-    known = target_names(False)
+def check_selection(targets: Sequence[str], known: Sequence[str], methods: Sequence[str],
+                    truth: str, verb: str) -> List[str]:
+    """``--target`` among ``known`` and ``--method`` registered estimators, not references;
+    returns the methods. Raises UsageError naming what to choose."""
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise UsageError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     methods = check_methods(methods)
     refs = [m for m in methods if estimators.get(m).reference]
     if refs:
-        raise UsageError(f"{', '.join(refs)} is a reference, where the zoo targets' truth comes "
-                         "from, not an estimator to benchmark; leave it out")
+        raise UsageError(f"{', '.join(refs)} is a reference, where {truth} comes from, not an "
+                         f"estimator to {verb}; leave it out")
+    return methods
+
+
+def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
+            quick: bool = False, device: str = "cpu", resume: bool = False) -> Plan:
+    """Every check of ``ppzoo bench`` that can fail, before any work. Raises UsageError."""
+    methods = check_selection(targets, target_names(False), methods, "the zoo targets' truth",
+                              "benchmark")
     check_device(device)
     out = prepare_run(out, marker=BENCH_FILE, resume=resume, quick=quick)
     chosen = list(dict.fromkeys(targets)) or target_names(quick)

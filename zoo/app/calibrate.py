@@ -44,7 +44,7 @@ from inference.calibrate import BOUNDS, LEVELS, Calibration, from_estimates, nom
 from inference.io import write_text
 from inference.sbc import ModelSBC, bayes_factor_sbc
 from zoo.app import summary
-from zoo.app.bench import ZooTarget, fit_target, reason
+from zoo.app.bench import ZooTarget, check_selection, fit_target, reason
 from zoo.app.jobs import (Rows, UsageError, check_device, check_methods, prepare_run,
                           save_figure)
 
@@ -91,14 +91,7 @@ def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
             resume: bool = False) -> Plan:
     """Every check of ``ppzoo calibrate`` that can fail, before any work. Raises UsageError."""
     known = target_names()
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise UsageError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    methods = check_methods(methods)
-    refs = [m for m in methods if estimators.get(m).reference]
-    if refs:
-        raise UsageError(f"{', '.join(refs)} is a reference, where the truth comes from, not an "
-                         "estimator to calibrate; leave it out")
+    methods = check_selection(targets, known, methods, "the truth", "calibrate")
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2):
         raise UsageError(f"--seeds must be an integer >= 2 (coverage is a rate over seeds), "
                          f"got {seeds!r}")
