@@ -93,6 +93,12 @@ class Estimator:
         ``laplace``): a benchmark runs it once per target.
     :cvar min_samples: the smallest K it runs with (its :meth:`run` refuses a smaller one);
         :func:`inference.compare` leaves the smaller K of its grid out for it.
+    :cvar unbiased: ``exp`` of its value is an unbiased estimate of ``p(x)`` (importance
+        sampling, AIS; not SMC with adaptive temperatures): over many seeds the mean of
+        ``Z_hat / Z`` must be 1 (:func:`inference.calibrate`).
+    :cvar consistent: its value converges to ``log p(x)`` as K grows, so its standard error is
+        meant to cover the truth; False for a bound whose gap K does not close (the ELBO:
+        its stderr is that of the bound), which calibration reports as not expected to cover.
     """
 
     name: ClassVar[str] = ""
@@ -104,6 +110,8 @@ class Estimator:
     shardable: ClassVar[bool] = False
     deterministic: ClassVar[bool] = False
     min_samples: ClassVar[int] = 1
+    unbiased: ClassVar[bool] = False
+    consistent: ClassVar[bool] = True
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)
