@@ -67,6 +67,7 @@ def _poor_meanfield(entry, x):
     pyro.param("s", (2 * S.diagonal().sqrt()).float(), constraint=constraints.positive)
 
 
+@pytest.mark.slow
 def test_ais_fa_poor_guide_matches_closed_form():
     entry, sim = _fa(20, "meanfield")
     x = sim.data[0]
@@ -171,6 +172,7 @@ def gmm_brute_force():
     return x, brute, brute_se
 
 
+@pytest.mark.slow
 def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     # smc starts at the prior (the guide sits on one of the 2! relabelled modes, which the
     # estimator refuses).
@@ -184,6 +186,7 @@ def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     assert est.stderr < 0.1
 
 
+@pytest.mark.slow
 def test_ais_sums_out_enumerated_assignments(gmm_brute_force):
     # the assignments z_n marked for enumeration: summed out of the annealed density per
     # datapoint, HMC moving the weights, locations and variances alone
