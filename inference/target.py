@@ -20,6 +20,7 @@ zoo entry has all of it; only ``model`` and ``guide`` are required):
 ``loss``                    ``"trace"`` or ``"traceenum"``: the ELBO that trains it
 ``check_data(*data)``       raises ``ValueError`` naming the problem and the fix
 ``log_evidence(*data)``     exact global ``log p(data)`` where a closed form exists, else ``None``
+``kwargs``                  ``{name: value}`` passed to every call of model and guide
 ==========================  ======================================================================
 """
 
@@ -188,6 +189,7 @@ def _protocol_fields(obj: Any) -> Dict[str, Any]:
         networks=dict(networks or {}),
         loss=getattr(obj, "loss", None) or "trace",
         entry=obj,
+        kwargs=dict(getattr(obj, "kwargs", None) or {}),
     )
     for field, attr in (("check", "check_data"), ("log_evidence", "log_evidence")):
         fn = getattr(obj, attr, None)
@@ -311,4 +313,29 @@ def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") 
     for name, sd in state["networks"].items():
         target.networks[name].load_state_dict(sd)
         target.networks[name].to(dev)
+    _point_modules_at_store(target)
+
+
+def _point_modules_at_store(target: Target) -> None:
+    """Make a :class:`~pyro.nn.PyroModule` model or guide (an autoguide) use the params just
+    loaded into the store. Its plain ``nn.Parameter`` attributes (``AutoMultivariateNormal``'s
+    and ``AutoDiagonalNormal``'s ``loc``), once set up by an earlier trace, are read from the
+    module, never again from the store: without this they keep their initial values."""
+    from pyro.nn import PyroModule
+
+    store = pyro.get_param_store()
+    for fn in (target.model, target.guide):
+        module = unwrapped(fn)
+        if not isinstance(module, PyroModule):
+            continue
+        for name, param in module.named_parameters():
+            full = f"{module._pyro_name}.{name}" if module._pyro_name else name
+            if name.endswith("_unconstrained") or full not in store:
+                continue  # a PyroParam reads the store itself on every access
+            loaded = store._params[full]
+            if loaded is not param and loaded.shape == param.shape:
+                param.data = loaded.detach()
+                store._param_to_name.pop(loaded, None)
+                store._params[full] = param
+                store._param_to_name[param] = full
 
