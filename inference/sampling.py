@@ -24,10 +24,13 @@ from typing import Any, Callable, Dict, Optional
 
 import pyro
 import torch
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from inference import distributed as parallel
 from inference.estimators import NotApplicable, Problem
-from inference.replay import in_plate, log_weights, sample_sites
+from inference.replay import guide_trace, in_plate, log_weights, sample_sites
 from inference.target import num_datapoints
 from inference.weights import WeightStats, pareto_khat, stream
 
@@ -166,22 +169,57 @@ def _assemble(chunks, local: bool) -> torch.Tensor:
 
 
 def check_proposal(problem: Problem) -> None:
-    """The guide must have a density at every latent to importance-sample with: a ``Delta`` is
-    one only where the guide draws an auxiliary latent it transforms (an autoguide)."""
+    """The guide must have a density at every latent to importance-sample with
+    (:class:`~inference.estimators.NotApplicable` otherwise), read off one trace that tracks
+    which sites depend on the guide's auxiliary sites (:class:`_Auxiliary`):
+
+    * an auxiliary site (``infer={"is_auxiliary": True}``) is a density over the latents only
+      through ``Delta`` sites, its deterministic images carrying the log-Jacobian (as Pyro's
+      autoguides map theirs): a latent drawn from a distribution *given* an auxiliary draw
+      has the marginal ``q(z) = E_u[q(z | u)]``, which the weights do not compute;
+    * a ``Delta`` is a density only as such an image: any other point mass (``AutoDelta``,
+      also inside an ``AutoGuideList``; ``AutoLaplaceApproximation``'s MAP point, an auxiliary
+      ``Delta`` itself) has none."""
     tgt, data = problem.target, problem.data
     idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if problem.local else None
-    _, _, guide_tr = log_weights(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
-                                 local=problem.local, indices=idx, fixed=problem.fixed,
-                                 with_traces=True)
-    sites = list(sample_sites(guide_tr, latent_only=True))
-    if any(site["infer"].get("is_auxiliary") for _, site in sites):
-        return
-    for name, site in sites:
-        fn = site["fn"]
-        while hasattr(fn, "base_dist"):
-            fn = fn.base_dist
-        if isinstance(fn, pyro.distributions.Delta):
+    sites = _Auxiliary()
+    guide_trace(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting, indices=idx,
+                fixed=problem.fixed, handler=sites)
+    for name, (auxiliary, point, depends) in sites.sites.items():
+        if point and (auxiliary or not depends):
             raise NotApplicable(
-                f"the guide's site {name!r} is a point mass (Delta): it has no density to "
-                "importance-sample with; fit a guide with a density or use method='is-prior'"
-            )
+                f"the guide's site {name!r} is a point mass (Delta: AutoDelta, an "
+                "AutoLaplaceApproximation before .laplace_approximation(), a MAP fit): it has no "
+                "density to importance-sample with; fit a guide with a density for it (AutoNormal) "
+                "or use method='is-prior'")
+        if depends and not auxiliary and not point:
+            raise NotApplicable(
+                f"the guide draws {name!r} given its auxiliary site(s) {sorted(depends)}: "
+                f"q({name}) is then a marginal over them that the weights do not compute; sample "
+                f"{name!r} from a distribution of its own (or map the auxiliary draw to it through "
+                "a Delta carrying the log-Jacobian, as autoguides do), or use method='is-prior'")
+
+
+class _Auxiliary(Messenger):
+    """Records, per latent site of a guide, ``(auxiliary, point mass, the auxiliary sites its
+    distribution or value depends on)``, by tracking the auxiliary draws' provenance
+    (:mod:`pyro.ops.provenance`) through the guide's code."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: Dict[str, Any] = {}
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["is_observed"] or site_is_subsample(msg):
+            return
+        value = detach_provenance(msg["value"])
+        depends = get_provenance(msg["value"]) | get_provenance(msg["fn"].log_prob(value))
+        auxiliary = bool(msg["infer"].get("is_auxiliary"))
+        self.sites[msg["name"]] = (auxiliary, _point_mass(msg["fn"]), depends)
+        msg["value"] = ProvenanceTensor(value, frozenset({msg["name"]})) if auxiliary else value
+
+
+def _point_mass(fn) -> bool:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, pyro.distributions.Delta)
