@@ -164,15 +164,20 @@ def _aux_of_fixed(name: str, fixed: Dict[str, Any]) -> bool:
 def _traced(fn, *data):
     try:
         return poutine.trace(fn).get_trace(*data)
-    except RuntimeError as err:
-        if "shape" not in str(err) and "dimension" not in str(err) and "size" not in str(err):
+    except (RuntimeError, ValueError) as err:
+        text = str(err)
+        if isinstance(err, ValueError) and "Shape mismatch inside plate" not in text:
+            raise
+        if not any(word in text.lower() for word in ("shape", "dimension", "size")):
             raise
         raise ValueError(
-            f"the model or guide failed under a particle plate ({err}); estimates evaluate many "
-            "particles at once, so tensor code must broadcast over extra dims on the left: "
-            "write X @ w as (X * w).sum(-1) with w of shape [..., 1, D], and index from the right "
-            "(x[..., i], .sum(-1))"
-        ) from err
+            f"the model or guide failed under a particle plate ({text.splitlines()[0]}); "
+            "estimates evaluate many particles at once, so tensor code must broadcast over "
+            "extra dims on the left: write X @ w as (X * w).sum(-1) with w of shape [..., 1, D], "
+            "index from the right (x[..., i], .sum(-1)), and sample per-component parameters "
+            "as one vector (dist.Normal(0, 10).expand([C]).to_event(1), not in a plate of "
+            "components) to pick them with Vindex(locs)[..., a]"
+        ) from None
 
 
 def log_weights(

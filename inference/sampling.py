@@ -30,9 +30,10 @@ from pyro.poutine.util import site_is_subsample
 
 from inference import distributed as parallel
 from inference.estimators import NotApplicable, Problem
+from inference.plates import first
 from inference.replay import guide_trace, in_plate, log_weights, sample_sites
 from inference.target import num_datapoints
-from inference.weights import WeightStats, pareto_khat, stream
+from inference.weights import WeightStats, bias_caveats, log_mean_bias, pareto_khat, stream
 
 #: statistic name -> (value, standard error) of a :class:`WeightStats`
 STATISTICS: Dict[str, Callable[[WeightStats], Any]] = {
@@ -73,7 +74,8 @@ def sampled(problem: Problem, proposal: str, statistic: str,
         if world is not None:  # global: the pilot (first call) on all data, as in one process
             weights = _global_shards(problem, proposal, correction, weights)
         stats, (kc, bc) = stream(weights, K, N if local else None, budget, data[0].device)
-        value, err, ess, khat = _summaries(stats, statistic, K, budget)
+        value, err, ess, khat = _summaries(stats, statistic, K, budget,
+                                           lambda v: check_finite(problem, v, proposal))
     else:
         stats, (kc, bc) = stream(weights, K, N, budget, data[0].device,
                                  dealt=(world, problem.seed))
@@ -83,6 +85,7 @@ def sampled(problem: Problem, proposal: str, statistic: str,
                   for g in range(sum(map(len, parts)))]
         value, err, ess, khat = (torch.cat([c[j] for c in chunks]).to(data[0].device)
                                  for j in range(4))
+    check_finite(problem, value, proposal)  # sharded: each rank's part unchecked until here
     fields = dict(
         num_samples=K,
         log_evidence=float(value.sum()),
@@ -92,6 +95,9 @@ def sampled(problem: Problem, proposal: str, statistic: str,
         if not khat.isnan().all() else math.nan,
         diagnostics={"chunk_particles": kc, "chunk_datapoints": bc},
     )
+    if statistic == "log_mean":
+        fields["diagnostics"]["bias"] = log_mean_bias(err)
+        fields["caveats"] = bias_caveats(fields["diagnostics"]["bias"], fields["stderr"])
     if local:
         fields.update(per_datapoint=value, stderr_per_datapoint=err,
                       ess_per_datapoint=ess, khat_per_datapoint=khat)
@@ -100,10 +106,13 @@ def sampled(problem: Problem, proposal: str, statistic: str,
     return fields
 
 
-def _summaries(stats, statistic: str, K: int, budget: int):
-    """Per datapoint: the statistic, its standard error, the ESS and the PSIS k-hat."""
+def _summaries(stats, statistic: str, K: int, budget: int, check=None):
+    """Per datapoint: the statistic, its standard error, the ESS and the PSIS k-hat (``check``,
+    if given, sees the statistic first)."""
     pairs = [STATISTICS[statistic](s) for s in stats]
     value = torch.cat([v for v, _ in pairs])
+    if check is not None:
+        check(value)
     err = torch.cat([e for _, e in pairs])
     ess = torch.cat([s.ess() for s in stats])
     top = torch.cat([s.top for s in stats], 1)
@@ -168,6 +177,45 @@ def _assemble(chunks, local: bool) -> torch.Tensor:
     return torch.cat(columns, 1)
 
 
+def check_finite(problem: Problem, value: torch.Tensor, proposal: str) -> None:
+    """Refuse an estimate that is NaN or ``+inf`` (per datapoint in local scope), naming the
+    first site of a replay whose log density is: a weight of ``-inf`` (a particle where the
+    model has no mass) is an answer, NaN and ``+inf`` never are."""
+    bad = (value.isnan() | (value == math.inf)).reshape(-1)
+    if not bad.any():
+        return
+    first = int(bad.nonzero()[0])
+    kind = "NaN" if value.reshape(-1)[first].isnan() else "+inf"
+    idx, where = None, ""
+    if problem.local:
+        idx = torch.tensor([first], device=problem.data[0].device)
+        where = f" for {int(bad.sum())} of {bad.numel()} datapoints (the first: {first})"
+    raise ValueError(
+        f"the estimate is {kind}{where}: {_nonfinite_site(problem, proposal, idx)} a log density "
+        "of NaN or +inf at some particles (a NaN or infinite parameter, a negative or zero "
+        "scale, the log of a negative number, a pyro.factor of +inf); -inf (no mass there) is "
+        "allowed, NaN and +inf are not: make every log density finite or -inf where the "
+        "proposal puts particles")
+
+
+def _nonfinite_site(problem: Problem, proposal: str, idx) -> str:
+    """``"site 'x' of the model has"`` for the first site with a NaN or ``+inf`` log density in a
+    replay of 256 particles on the datapoints ``idx`` (``"some site has"`` if none shows)."""
+    if proposal not in ("guide", "prior"):
+        return "some site has"
+    p = problem
+    _, model_tr, guide_tr = log_weights(p.target, p.data, min(p.num_samples, 256),
+                                        max_plate_nesting=p.max_plate_nesting, proposal=proposal,
+                                        local=p.local, indices=idx, fixed=p.fixed,
+                                        with_traces=True)
+    for where, tr in (("guide", guide_tr), ("model", model_tr)):
+        for name, site in sample_sites(tr) if tr is not None else ():
+            lp = site["fn"].log_prob(site["value"])
+            if (lp.isnan() | (lp == math.inf)).any():
+                return f"site {name!r} of the {where} has"
+    return "some site has"
+
+
 def check_proposal(problem: Problem) -> None:
     """The guide must have a density at every latent to importance-sample with
     (:class:`~inference.estimators.NotApplicable` otherwise), read off one trace that tracks
@@ -181,10 +229,20 @@ def check_proposal(problem: Problem) -> None:
       also inside an ``AutoGuideList``; ``AutoLaplaceApproximation``'s MAP point, an auxiliary
       ``Delta`` itself) has none."""
     tgt, data = problem.target, problem.data
-    idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device) if problem.local else None
+    idx = first(data) if problem.local else None
+    sliced = problem.local and tgt.data_access == "whole"  # chunks are passed as slices
     sites = _Auxiliary()
-    guide_trace(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting, indices=idx,
-                fixed=problem.fixed, handler=sites)
+    try:
+        tr = guide_trace(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
+                         indices=idx, fixed=problem.fixed, handler=sites)
+    except ValueError as err:
+        if sliced and "Shape mismatch inside plate" in str(err):
+            raise NotApplicable(_UNSLICEABLE) from None
+        raise
+    if sliced and any(f.name == tgt.data_plate and f.size != len(idx)
+                      for _, site in sample_sites(tr, latent_only=True)
+                      for f in site["cond_indep_stack"]):
+        raise NotApplicable(_UNSLICEABLE)
     for name, (auxiliary, point, depends) in sites.sites.items():
         if point and (auxiliary or not depends):
             raise NotApplicable(
@@ -198,6 +256,13 @@ def check_proposal(problem: Problem) -> None:
                 f"q({name}) is then a marginal over them that the weights do not compute; sample "
                 f"{name!r} from a distribution of its own (or map the auxiliary draw to it through "
                 "a Delta carrying the log-Jacobian, as autoguides do), or use method='is-prior'")
+
+
+_UNSLICEABLE = (
+    "the model uses its data whole (obs=x, not indexed by the plate) and the guide keeps "
+    "parameters per datapoint: per-datapoint estimates pass the datapoints in slices, whose "
+    "rows the guide cannot pick; index the data with the plate, `with pyro.plate('data', "
+    "len(x)) as idx: ... obs=x[idx]`, or use scope='global' (or method='is-prior')")
 
 
 class _Auxiliary(Messenger):

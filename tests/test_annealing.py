@@ -189,7 +189,7 @@ def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     inference.fit(entry, (x,), steps=50, lr=0.05, progress=False)
     with pytest.raises(inference.estimators.NotApplicable, match="start='prior'"):
         inference.estimate(entry, (x,), "smc", 8, start="guide")
-    est = inference.estimate(entry, (x,), "smc", 64, seed=0, runs=8, start="prior")
+    est = inference.estimate(entry, (x,), "smc", 64, seed=0, runs=16, start="prior")
     assert abs(est.log_evidence - brute) < 3 * math.hypot(est.stderr, brute_se)
     assert est.stderr < 0.1
 

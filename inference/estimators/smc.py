@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import pyro
 import torch
@@ -46,7 +46,8 @@ import torch
 from inference.annealing import OPTIONS, Path, check_target, check_options, plan
 from inference.estimators import Estimator, NotApplicable, Problem, register
 from inference.hmc import transition
-from inference.weights import WeightStats
+from inference.sampling import check_finite
+from inference.weights import WeightStats, bias_caveats, log_mean_bias
 
 MAX_STAGES = 2000
 
@@ -75,24 +76,41 @@ class SMC(Estimator):
         K, R = problem.num_samples, int(o["runs"])
         chunk, _ = plan(dataclasses.replace(problem, num_samples=R * K), o["start"])
         per_chunk = max(1, chunk // K)
-        log_z, stages, resampled, acc = [], [], [], []
+        log_z, resampled, acc = [], [], []
         with pyro.validation_enabled(False):
+            pilot = _smc(problem, 1, o)[-1]  # its choices, not its estimate (module docstring)
             for first in range(0, R, per_chunk):
-                out = _smc(problem, min(per_chunk, R - first), o)
-                for store, value in zip((log_z, stages, resampled, acc), out):
+                out = _smc(problem, min(per_chunk, R - first), o, pilot)
+                for store, value in zip((log_z, resampled, acc), out):
                     store.append(value)
         log_z = torch.cat(log_z).double()
         st = WeightStats(R)
         st.update(log_z.unsqueeze(-1))
-        return dict(num_samples=K, log_evidence=float(st.log_mean()), stderr=float(st.is_stderr()),
-                    ess=float(st.ess()), khat=math.nan,
-                    diagnostics=dict(runs=log_z.tolist(), stages=torch.cat(stages).tolist(),
+        check_finite(problem, st.log_mean(), "prior")
+        stderr = float(st.is_stderr())
+        bias = log_mean_bias(st.is_stderr())
+        return dict(num_samples=K, log_evidence=float(st.log_mean()), stderr=stderr,
+                    ess=float(st.ess()), khat=math.nan, caveats=bias_caveats(bias, stderr),
+                    diagnostics=dict(runs=log_z.tolist(), stages=[len(pilot.betas)] * R,
+                                     temperatures=pilot.betas,
                                      resamplings=torch.cat(resampled).tolist(),
-                                     acceptance_mean=float(torch.cat(acc).mean())))
+                                     acceptance_mean=float(torch.cat(acc).mean()), bias=bias))
 
 
-def _smc(problem: Problem, R: int, o: Dict[str, Any]):
-    """``R`` runs of K particles each, vectorized: particle ``r * K + i``."""
+@dataclasses.dataclass
+class Schedule:
+    """The choices of an adaptive run, stage by stage: the temperature reached and the step
+    size of each HMC move."""
+
+    betas: List[float] = dataclasses.field(default_factory=list)
+    steps: List[List[float]] = dataclasses.field(default_factory=list)
+
+
+def _smc(problem: Problem, R: int, o: Dict[str, Any], fixed: Optional[Schedule] = None):
+    """``R`` runs of K particles each, vectorized (particle ``r * K + i``): adaptive (``fixed``
+    ``None``; its choices recorded when ``R == 1``) or following the :class:`Schedule`
+    ``fixed``. Returns ``log Z`` per run, resamplings per run, the mean acceptance of each
+    move, and the schedule followed."""
     K = problem.num_samples
     path = Path(problem, o["start"], R * K, None, jit=bool(o["jit"]))
     x = path.pack(path.initial)
@@ -102,22 +120,24 @@ def _smc(problem: Problem, R: int, o: Dict[str, Any]):
     log_z = torch.zeros(R, dtype=torch.float64, device=dev)
     log_W = torch.full((R, K), -math.log(K), dtype=torch.float64, device=dev)
     step = torch.full((R,), float(o["step_size"]), dtype=dtype, device=dev)
-    stages = torch.zeros(R, dtype=torch.long)
     resampled = torch.zeros(R, dtype=torch.long)
-    accept = []
-    for _ in range(MAX_STAGES):
-        if (beta >= 1).all():
+    accept, record = [], Schedule()
+    for stage in range(MAX_STAGES if fixed is None else len(fixed.betas)):
+        if fixed is None and (beta >= 1).all():
             break
         d = diff.reshape(R, K).double()
         d = torch.where(torch.isfinite(d), d, torch.full_like(d, -math.inf))
-        delta = _next_increment(log_W, d, 1 - beta, o["ess_target"])
+        if fixed is None:
+            delta = _next_increment(log_W, d, 1 - beta, o["ess_target"])
+        else:
+            delta = fixed.betas[stage] - beta
         inc = log_W + delta.unsqueeze(-1) * d
         log_z = log_z + torch.where(delta > 0, inc.logsumexp(-1), torch.zeros_like(log_z))
         log_W = inc - inc.logsumexp(-1, keepdim=True)
-        stages += (delta > 0).long().cpu()
         beta = torch.where(delta >= 1 - beta, torch.ones_like(beta), beta + delta)
-        ess = torch.exp(-torch.logsumexp(2 * log_W, -1))
-        low = ess < o["resample_threshold"] * K
+        low = torch.exp(-torch.logsumexp(2 * log_W, -1)) < o["resample_threshold"] * K
+        record.betas.append(float(beta[0]))
+        record.steps.append([])
         if low.any():
             idx = _systematic(log_W, low)
             flat = (idx + K * torch.arange(R, device=dev).unsqueeze(-1)).reshape(-1)
@@ -127,16 +147,20 @@ def _smc(problem: Problem, R: int, o: Dict[str, Any]):
         b = beta.to(dtype).repeat_interleave(K).unsqueeze(-1)
         pot = path.potential(b)
         f, g, diff = pot(x)
-        for _ in range(int(o["moves"])):
+        for move in range(int(o["moves"])):
+            if fixed is not None:
+                step = torch.full_like(step, fixed.steps[stage][move])
+            record.steps[-1].append(float(step[0]))
             eps = step.repeat_interleave(K).unsqueeze(-1)
             x, f, g, diff, prob = transition(x, f, g, diff, pot, eps, int(o["leapfrog_steps"]))
             mean = prob.reshape(R, K).mean(-1)
             step = (step * torch.exp(2.0 * (mean - o["target_accept"]))).clamp(1e-4, 10.0)
             accept.append(mean.mean().reshape(1))
     else:
-        raise RuntimeError(f"smc did not reach temperature 1 in {MAX_STAGES} stages; lower "
-                           "ess_target or start from a better guide")
-    return log_z, stages, resampled, torch.cat(accept) if accept else torch.zeros(0)
+        if fixed is None:
+            raise RuntimeError(f"smc did not reach temperature 1 in {MAX_STAGES} stages; lower "
+                               "ess_target or start from a better guide")
+    return log_z, resampled, torch.cat(accept) if accept else torch.zeros(0), record
 
 
 def _next_increment(log_W, d, room, target: float, iters: int = 50) -> torch.Tensor:
