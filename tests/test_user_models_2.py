@@ -157,7 +157,8 @@ def test_smc_follows_a_pilot_schedule_and_is_unbiased():
     latents, K = 300: -0.6 nats, z = -11 in the issue; here, 10 latents, K = 50: z from -2.9 to
     +0.4 over six seeds, -1.35 on average): chosen by a pilot run instead, every run's Z is
     unbiased, and the log-mean over runs is within Z stderr of the closed form
-    sum_n log N(x_n | 0, 1.25)."""
+    sum_n log N(x_n | 0, 1.25). Not yet a guard: at this seed the runs' own choices pass too,
+    and at 30 latents both can be 4-5 stderr off (issue 25 item 4 left open)."""
     x = torch.randn(10, generator=torch.Generator().manual_seed(1)) * math.sqrt(1.25)
     est = inference.estimate((normal_means, no_latents), x, "smc", 50, scope="global", runs=64,
                              moves=2, seed=0)
@@ -207,7 +208,9 @@ def test_quadrature_on_a_sharp_posterior_is_right():
     est = inference.estimate(fit, x, "exact")
     ref = stats.norm(0, math.sqrt(1 + 1e-4)).logpdf(x.double().numpy())
     assert np.abs(est.per_datapoint.numpy() - ref).max() < 0.01
-    assert est.diagnostics["far_field_mass_max"] < 1e-3
+    # the posterior is Gaussian, sd 0.01: its mass beyond the local grid's 6 sds is 2e-9 (far
+    # cells centred inside the grid, counted over their area outside it, made it 1e-3)
+    assert est.diagnostics["far_field_mass_max"] < 1e-6
 
 
 def two_modes(x):
