@@ -3,11 +3,15 @@ PyTorch AIS of the same networks, schedule, chain count, HMC settings and chunks
 memory against the number of chains at a fixed memory budget.
 
     python benchmarks/bench_ais.py [--device cpu|cuda] [--quick] [--n 100] [-K 16]
-                                   [--temperatures 100] [--repeats 3] [--threads N] [--memory]
+                                   [--temperatures 100] [--repeats 5] [--threads N] [--memory]
 
-Times are min/median/max over repeats after a warm-up, the two cases taking turns; the ratio
-is that of the medians, and the median of the per-round ratios (each round runs both cases
-back to back, so it sees about the same machine load). With
+Three cases: ``inference.estimate`` with its defaults (compiled densities,
+:mod:`inference.compiled_path`), the same with ``jit=False`` (eager), and the hand-written loop.
+Times are min/median/max over repeats after a warm-up, the cases taking turns; the ratio is
+that of the medians, and the median of the per-round ratios (each round runs the cases back
+to back, so they see about the same machine load); the load average (1 minute, its range over
+the rounds) stands beside every figure, and on CPU the ratio of CPU seconds. The compiled and
+eager estimates are the same number (printed). With
 ``--memory`` each chain count runs in a fresh process so that its peak resident set size is
 its own. Prints markdown tables for benchmarks/RESULTS.md.
 """
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
-from common import environment, interleaved, parser
+from common import environment, interleaved, load_range, parser
 from inference.annealing import schedule
 from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats
@@ -104,7 +108,7 @@ def memory_child(n, K, T, budget):
 
 
 def main(argv=None):
-    p = parser(__doc__, repeats=3)
+    p = parser(__doc__, repeats=5)
     p.add_argument("--n", type=int, default=100, help="datapoints")
     p.add_argument("-K", type=int, default=16, help="chains per datapoint")
     p.add_argument("--temperatures", type=int, default=100)
@@ -130,13 +134,13 @@ def main(argv=None):
     print(f"{environment()}; budget {args.budget >> 20} MiB; untrained digits vae, "
           f"{OPTS['leapfrog_steps']} leapfrog steps\n")
 
-    def ours(jit=False):
+    def ours(jit=True):  # the default: compiled densities (inference.compiled_path)
         return inference.estimate(entry, (x,), "ais", K, device=dev, memory_budget=args.budget,
                                   temperatures=T, jit=jit, **OPTS)
 
     plan = ours().diagnostics
     chunk, data_chunk = plan["chunk_particles"], plan["chunk_datapoints"]
-    cpu = {"ours": [], "jit": [], "hand": []}
+    cpu = {"ours": [], "eager": [], "hand": []}
 
     def cpu_timed(name, fn):  # CPU seconds of this process: less sensitive to other load
         def run():
@@ -146,32 +150,39 @@ def main(argv=None):
             return out
         return run
 
+    loads = []
     values, times = interleaved(
         {"ours": cpu_timed("ours", ours),
-         "jit": cpu_timed("jit", lambda: ours(jit=True)),
+         "eager": cpu_timed("eager", lambda: ours(jit=False)),
          "hand": cpu_timed("hand", lambda: hand_written(entry, x, K, betas, chunk, data_chunk,
                                                         **OPTS))},
-        args.repeats, dev)
+        args.repeats, dev, loads)
     cpu = {k: v[1:] for k, v in cpu.items()}  # the warm-up left out
     med = statistics.median
     ref = med(times["hand"])
     evals = len(x) * K * (T - 1) * (OPTS["leapfrog_steps"] + 1)
+    load = load_range(loads)
     print("| case | N | K | T | chunk | min s | median s | max s | ratio to hand-written (median) "
-          "| gradient evaluations/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, ts in (("inference.estimate ais", times["ours"]),
-                     ("inference.estimate ais, jit=True", times["jit"]),
-                     ("hand-written PyTorch", times["hand"])):
+          "| median per-round ratio | CPU-time ratio | gradient evaluations/s | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for case, name in (("ours", "inference.estimate ais"),
+                       ("eager", "inference.estimate ais, jit=False"),
+                       ("hand", "hand-written PyTorch")):
+        ts = times[case]
+        rounds = med([a / b for a, b in zip(ts, times["hand"])])
+        cpu_ratio = f"{med(cpu[case]) / med(cpu['hand']):.2f}" if dev.type == "cpu" else ""
         print(f"| {name} | {len(x)} | {K} | {T} | {chunk} x {data_chunk} | {min(ts):.3f} | "
-              f"{med(ts):.3f} | {max(ts):.3f} | {med(ts) / ref:.2f} | {evals / med(ts):.3g} |")
+              f"{med(ts):.3f} | {max(ts):.3f} | {med(ts) / ref:.2f} | {rounds:.2f} | {cpu_ratio} | "
+              f"{evals / med(ts):.3g} | {load} |")
     print()
-    for case in ("ours", "jit"):
+    for case in ("ours", "eager"):
         rounds = [a / b for a, b in zip(times[case], times["hand"])]
-        print(f"{case}: per-round ratios {', '.join(f'{r:.2f}' for r in rounds)}: median "
-              f"{med(rounds):.2f}")
-        if dev.type == "cpu":
-            print(f"{case}: CPU seconds (median) {med(cpu[case]):.3f}, hand-written "
-                  f"{med(cpu['hand']):.3f}, ratio {med(cpu[case]) / med(cpu['hand']):.2f}")
+        print(f"{case}: per-round ratios {', '.join(f'{r:.2f}' for r in rounds)} (load averages "
+              f"{', '.join(f'{v:.1f}' for v in loads)})")
+    d = values["ours"].diagnostics
+    print(f"compiled: {d['jit_chunks']} chunks compiled, {d.get('jit_fallbacks', 0)} eager, "
+          f"{d.get('jit_graphs', 0)} graphs recorded; log p(x) {values['ours'].log_evidence!r} "
+          f"compiled, {values['eager'].log_evidence!r} eager (seed 0)")
     ours_v, hand_v = values["ours"].per_datapoint, values["hand"]
     print(f"<!-- mean log p(x_n): ours {float(ours_v.mean()):.3f}, hand-written "
           f"{float(hand_v.mean()):.3f} (different draws) -->")

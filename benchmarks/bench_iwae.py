@@ -3,16 +3,21 @@ vs a hand-written PyTorch IWAE evaluator of the same networks and chunking vs
 ``pyro.infer.Importance`` run per datapoint (timed on a subset, extrapolated).
 
     python benchmarks/bench_iwae.py [--device cpu|cuda] [--quick] [-K 100 -K 1000] [--repeats 5]
-                                     [--synthetic N] [--budget BYTES]
+                                     [--synthetic N] [--budget BYTES] [--threads N]
 
 Every comparison is measured in one run; times are min/median/max over repeats after a
-warm-up. Prints a markdown table for benchmarks/RESULTS.md.
+warm-up, ours and the hand-written evaluator taking turns; the ratio is that of the medians,
+beside the median of the per-round ratios, the ratio of CPU seconds (CPU) and the load
+average (1 minute, its range over the rounds). The last row is the fixed cost of a call:
+``inference.estimate`` on 5 datapoints at K = 10 (checks, set-up traces, the memory pilot,
+one chunk, the k-hat), per call. Prints a markdown table for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 
 import pyro
 import torch
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 
 import inference
 import zoo
-from common import environment, interleaved, parser, timed
+from common import environment, interleaved, load_range, parser, timed
 from inference.estimate import DEFAULT_BUDGET
 from inference.weights import WeightStats, pareto_khat, tail_length
 
@@ -66,7 +71,10 @@ def main(argv=None):
     p.add_argument("--budget", type=int, default=None, help="bytes; default: the library's")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N random 784-pixel binary images instead of the digits")
+    p.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = inference.target.resolve_device(args.device)
     args.budget = args.budget or DEFAULT_BUDGET[dev.type]
     if args.synthetic:
@@ -83,10 +91,44 @@ def main(argv=None):
     pyro.clear_param_store()
     print(f"{environment()}; budget {args.budget >> 20} MiB\n")
     print("| case | N | K | chunk | min s | median s | max s | ratio to hand-written (median) | "
-          "evaluations/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for K in Ks:
-        one_K(entry, x, K, args, dev)
+          "median per-round ratio | CPU-time ratio | evaluations/s | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    notes = [one_K(entry, x, K, args, dev) for K in Ks]
+    fixed_cost(entry, x, args, dev)
+    print("\n".join(notes))
+
+
+def fixed_cost(entry, x, args, dev, calls=20):
+    """The time of one ``estimate`` call on a tiny problem (5 datapoints, K = 10), per call: wall
+    seconds (min/median/max over the repeats) and, on CPU, the median CPU seconds in the
+    CPU-time column (less sensitive to other load)."""
+    xs = x[:5]
+
+    def tiny():
+        for _ in range(calls):
+            inference.estimate(entry, (xs,), "is-guide", 10, device=dev, memory_budget=args.budget)
+
+    loads = []
+    _CPU.pop("tiny", None)
+    _, times = interleaved({"tiny": cpu_clock(tiny, "tiny")}, args.repeats, dev, loads)
+    ts = [t / calls for t in times["tiny"]]
+    cpu = statistics.median(_CPU["tiny"][1:]) / calls if dev.type == "cpu" else None
+    print(f"| fixed cost of a call: inference.estimate is-guide, 5 datapoints (s per call) | 5 | "
+          f"10 | 10 x 5 | {min(ts):.4f} | {statistics.median(ts):.4f} | {max(ts):.4f} | | | "
+          f"{'' if cpu is None else f'{cpu:.4f} s'} | | {load_range(loads)} |")
+
+
+_CPU: dict = {}
+
+
+def cpu_clock(fn, name=None):
+    """``fn`` that also records its CPU seconds under ``name`` (less sensitive to other load)."""
+    def run():
+        c0 = time.process_time()
+        out = fn()
+        _CPU.setdefault(name, []).append(time.process_time() - c0)
+        return out
+    return run
 
 
 def one_K(entry, x, K, args, dev):
@@ -98,9 +140,13 @@ def one_K(entry, x, K, args, dev):
     # the hand-written evaluator uses the chunks that the library plans for this budget
     plan = ours().diagnostics
     chunk, data_chunk = plan["chunk_particles"], plan["chunk_datapoints"]
+    loads = []
+    _CPU.clear()
     values, times = interleaved(
-        {"ours": ours, "hand": lambda: hand_written(entry, x, K, chunk, data_chunk)},
-        args.repeats, dev)
+        {"ours": cpu_clock(ours, "ours"),
+         "hand": cpu_clock(lambda: hand_written(entry, x, K, chunk, data_chunk), "hand")},
+        args.repeats, dev, loads)
+    cpu = {k: v[1:] for k, v in _CPU.items()}  # the warm-up left out
     # the diagnostics' share: the PSIS k-hat, which the hand-written loop does not compute
     top = torch.randn(tail_length(K) + 1, N, dtype=torch.float64).sort(0, descending=True).values
     _, t_khat = timed(lambda: pareto_khat(top, K, args.budget), args.repeats, "cpu")
@@ -110,16 +156,22 @@ def one_K(entry, x, K, args, dev):
 
     med = statistics.median
     ref = med(times["hand"])
-    rows = (("inference.estimate is-guide", times["ours"]), ("hand-written PyTorch", times["hand"]),
-            ("of which PSIS k-hat", t_khat))
-    for name, ts in rows:
+    load = load_range(loads)
+    rows = (("inference.estimate is-guide", "ours"), ("hand-written PyTorch", "hand"),
+            ("of which PSIS k-hat", None))
+    for name, case in rows:
+        ts = t_khat if case is None else times[case]
+        rounds = "" if case is None else f"{med([a / b for a, b in zip(ts, times['hand'])]):.2f}"
+        cpu_ratio = (f"{med(cpu[case]) / med(cpu['hand']):.2f}"
+                     if case is not None and dev.type == "cpu" else "")
         print(f"| {name} | {N} | {K} | {chunk} x {data_chunk} | {min(ts):.3f} | {med(ts):.3f} | "
-              f"{max(ts):.3f} | {med(ts) / ref:.2f} | {N * K / med(ts):.3g} |")
+              f"{max(ts):.3f} | {med(ts) / ref:.2f} | {rounds} | {cpu_ratio} | "
+              f"{N * K / med(ts):.3g} | {load} |")
     print(f"| pyro.infer.Importance per datapoint (extrapolated from {subset}) | {N} | {K} | | "
-          f"{imp_total:.1f} | | | {imp_total / ref:.0f} | {N * K / imp_total:.3g} |")
+          f"{imp_total:.1f} | | | {imp_total / ref:.0f} | | | {N * K / imp_total:.3g} | {load} |")
     diff = float((values["ours"].per_datapoint - values["hand"]).abs().mean())
-    print(f"<!-- K={K}: {imp_total / med(times['ours']):.0f}x faster than Importance; mean "
-          f"|ours - hand-written| per datapoint = {diff:.3f} nats (different draws) -->")
+    return (f"<!-- K={K}: {imp_total / med(times['ours']):.0f}x faster than Importance; mean "
+            f"|ours - hand-written| per datapoint = {diff:.3f} nats (different draws) -->")
 
 
 if __name__ == "__main__":

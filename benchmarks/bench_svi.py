@@ -1,25 +1,33 @@
-"""SVI step time on the digits vae: ``inference.fit`` vs a hand-written PyTorch VAE training
-loop with the same networks, optimiser and minibatches vs Pyro's ``JitTrace_ELBO``; and the cost
-of recording the ELBO's two terms (``fit`` with a ``Trace_ELBO`` subclass, which it does not read
-terms from, against the plain ``fit``).
+"""SVI step time on the digits vae: ``inference.fit`` (its default, the compiled step of
+:mod:`inference.compiled`) vs a hand-written PyTorch VAE training loop with the same networks,
+optimiser and minibatches vs ``fit(compile=False)`` (every step eager) vs Pyro's
+``JitTrace_ELBO``.
 
-    python benchmarks/bench_svi.py [--device cpu|cuda] [--quick] [--steps 200] [--repeats 3]
+    python benchmarks/bench_svi.py [--device cpu|cuda] [--quick] [--steps 1000] [--repeats 5]
+                                   [--threads 1]
 
 Times are per step (min/median/max over repeats of ``--steps`` steps, after a warm-up; the
-cases take turns); ratios are to the hand-written loop's median, all measured in one run.
+cases take turns, one round after another); ``ratio`` is that of the medians to the
+hand-written loop's, ``per-round`` the median of the rounds' own ratios, all measured in one
+run. Each ``fit`` call includes its own set-up (checks, the first eager step, tracing and the
+check of the compiled step), amortised over ``--steps``; the other cases are timed in their
+steady state. The 1-minute load average before and after a batch's rounds is in ``load``:
+on a shared machine the ratios mean something only next to it.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from functools import partial
 
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO
 
 import inference
+import inference.compiled
 import zoo
 from common import environment, interleaved, parser
 from inference.target import SubsampleAt, subsampled
@@ -35,17 +43,13 @@ def batches(n, b, device, seed=0):
 
 def run_fit(entry, x, b, lr, device, **kw):
     def run(steps):
-        inference.fit(entry, (x,), steps=steps, batch_size=b, lr=lr, device=device, progress=False,
-                      **kw)
+        return inference.fit(entry, (x,), steps=steps, batch_size=b, lr=lr, device=device,
+                             progress=False, **kw).diagnostics
     return run
 
 
-class NoTerms(Trace_ELBO):
-    """The same loss; ``fit`` records the ELBO's terms only for Trace_ELBO itself."""
-
-
-def run_fit_no_terms(entry, x, b, lr, device):
-    return run_fit(entry, x, b, lr, device, loss=NoTerms(max_plate_nesting=1))
+def run_fit_eager(entry, x, b, lr, device):
+    return run_fit(entry, x, b, lr, device, compile=False)
 
 
 def run_hand(entry, x, b, lr, device):
@@ -84,33 +88,56 @@ def run_jit(entry, x, b, lr, device):
     return run
 
 
+def load() -> str:
+    """The 1-minute load average (``?`` where the system does not say)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return "?"
+
+
 def main(argv=None):
-    p = parser(__doc__, repeats=3)
-    p.add_argument("--steps", type=int, default=200)
+    p = parser(__doc__, repeats=5)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, as ppzoo's: on a shared machine more threads "
+                        "than free cores make every case many times slower)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     dev = inference.target.resolve_device(args.device)
-    if args.quick:
-        args.steps, args.repeats = 20, 2
+    if args.quick:  # enough steps for the compiled step (inference.compiled.MIN_STEPS)
+        args.steps, args.repeats = inference.compiled.MIN_STEPS + 10, 1
     entry = zoo.get("vae", latent_dim=2)
     (x,) = entry.load_data(device=dev)
     entry.to(dev)
-    print("| batch | case | min ms/step | median ms/step | max ms/step | ratio to hand-written |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    HAND = "hand-written PyTorch"
+    print("| batch | case | min ms/step | median ms/step | max ms/step | ratio to hand-written "
+          "| per-round | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    notes = []
     for b in (128, 1024):
         runs = {name: make(entry, x, b, 1e-3, dev)
-                for name, make in (("hand-written PyTorch", run_hand), ("inference.fit", run_fit),
-                                   ("inference.fit, no terms", run_fit_no_terms),
+                for name, make in ((HAND, run_hand), ("inference.fit", run_fit),
+                                   ("inference.fit, compile=False", run_fit_eager),
                                    ("JitTrace_ELBO", run_jit))}
         for run in runs.values():
             run(5)  # warm-up beyond interleaved()'s own (and the JIT's tracing)
-        _, times = interleaved({name: partial(run, args.steps) for name, run in runs.items()},
-                               args.repeats, dev)
-        ref = statistics.median(times["hand-written PyTorch"]) / args.steps
+        before = load()
+        values, times = interleaved({name: partial(run, args.steps) for name, run in runs.items()},
+                                    args.repeats, dev)
+        during = f"{before}-{load()}"
+        ref = statistics.median(times[HAND]) / args.steps
         for name, ts in times.items():
+            rounds = statistics.median(t / h for t, h in zip(ts, times[HAND]))
             ts = [t / args.steps for t in ts]
             med = statistics.median(ts)
             print(f"| {b} | {name} | {1e3 * min(ts):.2f} | {1e3 * med:.2f} | {1e3 * max(ts):.2f} | "
-                  f"{med / ref:.2f} |")
+                  f"{med / ref:.2f} | {rounds:.2f} | {during} |")
+        d = values["inference.fit"]
+        notes.append(f"batch {b}: inference.fit took {d['compiled_steps']} of {args.steps} steps "
+                     f"compiled ({d['not_compiled'] or 'the first is eager'}); tracing and the "
+                     f"check: {1e3 * d.get('compile_seconds', 0):.0f} ms a call")
+    print("\n" + "\n".join(notes))
     print(f"\n{environment()}")
 
 

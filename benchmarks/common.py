@@ -19,11 +19,12 @@ def timed(fn, repeats: int, device):
     return values["fn"], times["fn"]
 
 
-def interleaved(cases, repeats: int, device):
+def interleaved(cases, repeats: int, device, loads=None):
     """Time several cases round-robin: each once to warm up, then ``repeats`` rounds of one run
     of each. Interleaving gives every case the same machine and allocator state (glibc's heap
     grows and shrinks with the chunk sizes: back-to-back runs of one case can be 1.5x faster
-    or slower than the same runs after another case). Returns their last values and times."""
+    or slower than the same runs after another case). Returns their last values and times;
+    with a list ``loads``, appends the load average after each round to it."""
     values = {name: fn() for name, fn in cases.items()}
     sync(device)
     times = {name: [] for name in cases}
@@ -33,7 +34,23 @@ def interleaved(cases, repeats: int, device):
             values[name] = fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+        if loads is not None:
+            loads.append(load_average())
     return values, times
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (``nan`` where the system does not say)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def load_range(loads) -> str:
+    """``"min-max"`` of load averages, for the column every timing table carries."""
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "n/a"
 
 
 def environment() -> str:

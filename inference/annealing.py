@@ -11,6 +11,8 @@ References
 [1] Neal (2001), Annealed importance sampling, Statistics and Computing.
 [2] Wu, Burda, Salakhutdinov, Grosse (2017), On the Quantitative Analysis of Decoder-Based
     Generative Models, ICLR (the sigmoid schedule).
+[3] Xie, Lewis, Fan, Kuo, Chen (2011), Improving marginal likelihood estimation for Bayesian
+    phylogenetic model selection, Systematic Biology (the power schedule).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from inference.estimators import NotApplicable, Problem
+from inference.estimators import NotApplicable, Problem, integer, number, one_of
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw, latents
 from inference.replay import NotEnumerable
@@ -29,20 +31,37 @@ from inference.weights import (WeightStats, bias_caveats, bytes_allocated, log_m
 
 #: the options every annealing estimator shares, with their defaults
 OPTIONS = {"temperatures": 100, "schedule": "sigmoid", "start": "guide", "leapfrog_steps": 5,
-           "step_size": 0.1, "target_accept": 0.65, "jit": False}
+           "step_size": 0.1, "target_accept": 0.65, "jit": True}
+
+
+def _temperatures(value: Any) -> bool:
+    try:
+        schedule(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+#: what each shared option must be (:func:`inference.estimators.check_options`)
+CHECKS = {"temperatures": (_temperatures, "an integer >= 1 or a list increasing strictly "
+                                          "from 0 to 1, e.g. [0, 0.1, 0.5, 1]"),
+          "schedule": one_of("sigmoid", "linear", "power"), "start": one_of("guide", "prior"),
+          "leapfrog_steps": integer(1), "step_size": number(0),
+          "target_accept": number(0, 1)}
 
 
 def schedule(temperatures: Union[int, Sequence[float]], kind: str = "sigmoid") -> torch.Tensor:
     """``beta_0 = 0 < ... < beta_T = 1`` (float64). ``temperatures`` is ``T`` (then ``kind`` is
-    ``"linear"`` or ``"sigmoid"``: ``sigma(delta (2t/T - 1))`` rescaled to [0, 1], ``delta = 4``,
-    as in Wu et al. 2017 [2]) or the list of temperatures itself."""
+    ``"linear"``, ``"sigmoid"``: ``sigma(delta (2t/T - 1))`` rescaled to [0, 1], ``delta = 4``,
+    as in Wu et al. 2017 [2], or ``"power"``: ``(t/T)^(1/0.3)``, the quantiles of Beta(0.3, 1)
+    of Xie et al. 2011 [3]) or the list of temperatures itself."""
     if not isinstance(temperatures, int):
         beta = torch.as_tensor([float(b) for b in temperatures], dtype=torch.float64)
         if beta.dim() != 1 or len(beta) < 2 or beta[0] != 0 or beta[-1] != 1 or (beta.diff() <= 0).any():
             raise ValueError("temperatures must increase strictly from 0 to 1, e.g. "
                              f"[0, 0.1, 0.5, 1]; got {temperatures!r}")
         return beta
-    if isinstance(temperatures, bool) or temperatures < 1:
+    if isinstance(temperatures, bool) or not isinstance(temperatures, int) or temperatures < 1:
         raise ValueError(f"temperatures must be an integer >= 1 or a list, got {temperatures!r}")
     t = torch.linspace(0, 1, temperatures + 1, dtype=torch.float64)
     if kind == "linear":
@@ -50,7 +69,9 @@ def schedule(temperatures: Union[int, Sequence[float]], kind: str = "sigmoid") -
     if kind == "sigmoid":
         s = torch.sigmoid(4.0 * (2 * t - 1))
         return (s - s[0]) / (s[-1] - s[0])
-    raise ValueError(f"schedule={kind!r}: use 'linear', 'sigmoid' or a list of temperatures")
+    if kind == "power":
+        return t ** (1 / 0.3)
+    raise ValueError(f"schedule={kind!r}: use 'linear', 'sigmoid', 'power' or a list of temperatures")
 
 
 def check_options(start: str, leapfrog_steps: int, step_size: float, target_accept: float) -> None:
@@ -138,18 +159,19 @@ def anneal(path: Path, betas: torch.Tensor, x: torch.Tensor, leapfrog_steps: int
     temperature: it would not change ``w``). Returns ``log w`` ``[C, B]`` and the mean
     acceptance of each transition ``[T - 1]``."""
     step = torch.full((path.B,), float(step_size), dtype=x.dtype, device=x.device)
-    _, _, diff = path.potential(float(betas[0]))(x)
-    log_w = torch.zeros_like(diff)
     accept = []
-    for t in range(1, len(betas)):
-        log_w = log_w + float(betas[t] - betas[t - 1]) * diff
-        if t == len(betas) - 1:
-            break
-        pot = path.potential(float(betas[t]))
-        f, g, diff = pot(x)
-        x, f, g, diff, prob = transition(x, f, g, diff, pot, step, int(leapfrog_steps))
-        step = adapt_step_size(step, prob, target_accept)
-        accept.append(prob.mean())
+    with path.frozen():
+        _, _, diff = path.potential(float(betas[0]))(x)
+        log_w = torch.zeros_like(diff)
+        for t in range(1, len(betas)):
+            log_w = log_w + float(betas[t] - betas[t - 1]) * diff
+            if t == len(betas) - 1:
+                break
+            pot = path.potential(float(betas[t]))
+            f, g, diff = pot(x)
+            x, f, g, diff, prob = transition(x, f, g, diff, pot, step, int(leapfrog_steps))
+            step = adapt_step_size(step, prob, target_accept)
+            accept.append(prob.mean())
     acc = torch.stack(accept) if accept else x.new_zeros(0)
     return log_w, acc
 

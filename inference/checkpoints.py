@@ -24,14 +24,19 @@ if TYPE_CHECKING:
     from inference.svi import FitResult
 
 
-def resume(path, tgt, data, optim, generator, dev, run, columns, world=parallel.World(),
+def resume(path, tgt, data, optim, batches, dev, run, columns, world=parallel.World(),
            seed=0):
     """Load ``path`` (a checkpoint of this very fit, else :class:`~inference.state.StateError`)
-    into the param store, the networks, the optimiser and the RNGs; returns the loss rows
-    (a column the checkpoint predates is NaN) and the step to continue from."""
+    into the param store, the networks, the optimiser, the RNGs and the minibatch stream
+    (``batches``: its generator and its place in the epoch); returns the loss rows (a column
+    the checkpoint predates is NaN) and the step to continue from."""
     saved = state_file.restore(path, tgt, data, dev, run)
+    taken = saved.get("batches_taken", 0)  # older checkpoints: the generator after the draw
+    if not isinstance(taken, int) or not 0 <= taken <= batches.per_epoch:
+        raise state_file.StateError(f"{path} holds a minibatch position {taken!r} outside "
+                                    f"[0, {batches.per_epoch}]; delete it to start the fit afresh")
     optim.set_state(saved["optim"])
-    generator.set_state(saved["generator"])
+    batches.restore(saved["generator"], taken)
     parallel.set_rng_state(world, saved["rng"], seed, int(saved["step"]))
     r = saved["rows"]
     nan = [math.nan] * len(r["step"])
@@ -39,21 +44,21 @@ def resume(path, tgt, data, optim, generator, dev, run, columns, world=parallel.
     return rows, int(saved["step"])
 
 
-def checkpoint(path, tgt, optim, rows, step, generator, run, columns, held=(),
+def checkpoint(path, tgt, optim, rows, step, batches, run, columns, held=(),
                world=parallel.World()) -> None:
     """Write the fit's state after ``step`` steps to ``path`` (:func:`resume` continues it)."""
     rng = parallel.rng_state(world)  # every rank's (a collective); rank 0 writes, the others wait
-    parallel.first(lambda: _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng,
+    parallel.first(lambda: _save_checkpoint(path, tgt, optim, rows, step, batches, run, rng,
                                             columns, held), world)
 
 
-def _save_checkpoint(path, tgt, optim, rows, step, generator, run, rng, columns, held) -> None:
+def _save_checkpoint(path, tgt, optim, rows, step, batches, run, rng, columns, held) -> None:
     cols = list(zip(*rows)) or [()] * len(columns)
     table = {c: torch.tensor(col, dtype=torch.int64 if c == "step" else torch.float64)
              for c, col in zip(columns, cols)}
     saved = state_file.pack(param_state(tgt), run or {"target": state_file.identity(tgt)},
                             "checkpoint", optim=optim.get_state(), rows=table, step=int(step),
-                            generator=generator.get_state(), rng=rng,
+                            rng=rng, **batches.state(),
                             **({"heldout": [list(r) for r in held]} if held else {}))
     save_torch(saved, path)
 

@@ -99,6 +99,7 @@ def compare(
     ks = [int(k) for k in ks]
     if max(ks) > MAX_SAMPLES:
         raise ValueError(f"num_samples (K) = {max(ks)} is above the maximum {MAX_SAMPLES:.0e}")
+    estimators.check_options(options)  # every method's, before the first row is written
     tgt = as_target(target)
     data = as_data(tgt, data, device)
     load_fitted(target, device)

@@ -32,6 +32,8 @@ References
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 import os
 import time
 from typing import Any, Iterator, List, Optional, Tuple
@@ -68,14 +70,109 @@ def world() -> World:
 
 def setup(device: torch.device) -> Tuple[World, torch.device]:
     """Join the process group ``torchrun`` describes (once per process) and pick the device:
-    ``cuda`` becomes ``cuda:LOCAL_RANK``. Returns ``(world, device)``."""
+    ``cuda`` becomes ``cuda:LOCAL_RANK``. Returns ``(world, device)``. The processes meet at
+    their store (:func:`meeting`), so a rank that never comes is an error after
+    :func:`timeout` seconds, not a wait of the group's 30 minutes."""
     if launched() and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        rank, size = _place()
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", meeting()),
+                                rank=rank, world_size=size)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return world(), device
+
+
+def timeout() -> float:
+    """Seconds a process waits for the others to meet and to report on their checks:
+    ``PPZOO_DIST_TIMEOUT`` (default 120)."""
+    raw = os.environ.get("PPZOO_DIST_TIMEOUT", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"PPZOO_DIST_TIMEOUT must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+def _place() -> Tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+_MEETING: dict = {"store": None, "rounds": 0}
+
+
+def meeting() -> "dist.Store":
+    """The key-value store ``torchrun``'s processes meet at (``MASTER_ADDR:MASTER_PORT``;
+    torchrun's own, or rank 0's without it), joined once per process; every wait on it ends
+    after :func:`timeout` seconds."""
+    if _MEETING["store"] is None:
+        limit = datetime.timedelta(seconds=timeout())
+        store = next(dist.rendezvous("env://", timeout=limit))[0]
+        store.set_timeout(limit)
+        _MEETING["store"] = store
+    return _MEETING["store"]
+
+
+def agree(problem: Optional[str] = None) -> Optional[str]:
+    """Every rank's verdict on its own input, before the first collective of a command: each
+    posts ``problem`` (``None``: its checks passed) to :func:`meeting` -- the store, not the
+    process group, so a rank that failed need not join one -- and waits at most
+    :func:`timeout` seconds for every other rank's. Returns ``None`` when all passed, else one
+    line: the first rank's problem (named by rank unless every rank had it), or the ranks that
+    never reported. All ranks return the same line, so all stop together, none waits forever.
+    One process (no ``torchrun``): ``problem`` itself."""
+    if not launched():
+        return problem
+    rank, size = _place()
+    limit = timeout()
+    _MEETING["rounds"] += 1
+    try:
+        store = dist.PrefixStore(f"ppzoo/check{_MEETING['rounds']}", meeting())
+        store.set(str(rank), "ok" if problem is None else "no" + problem)
+        heard = _heard(store, [str(r) for r in range(size)], limit)
+        if any(v.startswith("no") for v in heard.values()) or len(heard) < size:
+            store.set(f"left{rank}", "")  # stay until every rank has read (rank 0 may hold the
+            _wait(store, [f"left{r}" for r in heard], limit)  # store): all leave together
+    except dist.DistError as e:
+        return (f"the {size} processes did not meet at {os.environ.get('MASTER_ADDR')}:"
+                f"{os.environ.get('MASTER_PORT')} within {limit:g} s ({_first_line(e)}); start "
+                "every rank, or raise PPZOO_DIST_TIMEOUT")
+    problems = {int(r): v[2:] for r, v in heard.items() if v.startswith("no")}
+    if problems:
+        first = min(problems)
+        if len(problems) == size and len(set(problems.values())) == 1:
+            return problems[first]
+        more = len(problems) - 1
+        return (f"on rank {first} of {size}: {problems[first]}"
+                + (f" (and on {more} other rank{'s' * (more > 1)})" if more else ""))
+    missing = sorted(set(range(size)) - set(map(int, heard)))
+    if missing:
+        return (f"rank {', '.join(map(str, missing))} of {size} did not report on its checks "
+                f"within {limit:g} s: it failed to start or is still loading (see its output); "
+                "PPZOO_DIST_TIMEOUT sets the wait")
+    return None
+
+
+def _wait(store, keys: List[str], limit: float) -> None:
+    """Until every key of ``keys`` is in ``store``, at most ``limit`` seconds (polled: the
+    store's own timed wait logs its time-out)."""
+    deadline = time.monotonic() + limit
+    while not store.check(keys) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _heard(store, keys: List[str], limit: float) -> dict:
+    """``{key: value}`` of ``keys`` in ``store`` once all are there, or of those there after
+    ``limit`` seconds."""
+    _wait(store, keys, limit)
+    return {k: store.get(k).decode() for k in keys if store.check([k])}
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def derived_seed(seed: int, *keys: int) -> int:

@@ -154,11 +154,13 @@ class ELBOTerms:
         finally:
             self._last, self._sums = self._sums, None
 
-    def row(self, step: int, value: float) -> tuple:
-        """The losses row of the step just taken, whose loss was ``value``."""
+    def row(self, step: int, value: float, terms=None) -> tuple:
+        """The losses row of the step just taken, whose loss was ``value`` (``terms``: its
+        summed ``(recon, kl)`` when they were not read by :meth:`step`, e.g. from a compiled
+        step, :mod:`inference.compiled`)."""
         if not self.on:
             return step, value, value / self.n
-        recon, kl = (float(t) / self.elbo.num_particles for t in self._last)
+        recon, kl = (float(t) / self.elbo.num_particles for t in (terms or self._last))
         kl /= self.kl_weight
         if self.kl_weight == 1:
             return step, value, value / self.n, recon, kl

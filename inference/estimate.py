@@ -171,6 +171,7 @@ def estimate(
     if unknown:
         raise TypeError(f"estimate() got unknown option(s) {unknown}; the registered methods "
                         f"take {sorted(known) or 'none'}")
+    estimators.check_options(options)
     own = {k: v for k, v in options.items() if k in est.options}
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     dev = resolve_device(device)

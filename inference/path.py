@@ -21,11 +21,13 @@ datapoints at the same values. A guide whose distributions do not depend on the 
 distributions reused at every evaluation -- checked, not assumed: with gradients and at a
 shifted point; any other guide is re-run at each evaluation.
 
-With ``jit=True`` (opt-in, as Pyro's own HMC ``jit_compile``) the densities of a chunk are
-compiled once by ``torch.jit.trace`` for its shapes, which removes the Python of Pyro's
-tracing from the hundreds of evaluations that follow; the compiled densities are kept only if
-they agree with the eager ones at a second point, else the chunk runs eagerly. A model whose
-Python control flow depends on the latent values should not use it.
+The potential HMC moves on -- ``log f_beta``, its gradient and ``log p(x, z) - log s(z)`` -- is
+compiled by default (the estimators' ``jit=True``): the densities of an evaluation are
+recorded as one graph once per chunk shape and reused by every chunk of that shape, which
+removes Pyro's Python from the hundreds of evaluations that follow (:mod:`inference.compiled_path`).
+Each chunk checks the graph against the eager potential at a point of its own before using
+it, else runs eagerly; on CPU the two agree bit for bit. ``jit=False`` runs every evaluation
+eagerly.
 
 References
 
@@ -36,20 +38,19 @@ References
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import warnings
+import operator
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import pyro
-import pyro.poutine as poutine
 import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform
 
+from inference.compiled_path import Graphs, agree, frozen, leaves
 from inference.estimators import NotApplicable, Problem
-from inference.plates import trace_on
-from inference.replay import PARTICLES, _site_log_density, in_plate, log_weights, sample_sites
+from inference.replay import _site_log_density, in_plate, log_weights, sample_sites
+from inference.sampling import guide_trace
 
 
 def draw(problem: Problem, count: int, proposal: str, idx, values=None):
@@ -74,7 +75,7 @@ class Path:
     (global), in unconstrained coordinates flattened to ``[C, B, D]``."""
 
     def __init__(self, problem: Problem, start: str, count: int, idx: Optional[torch.Tensor],
-                 jit: bool = False):
+                 graphs: Optional[Graphs] = None):
         self.problem, self.start, self.count, self.idx = problem, start, count, idx
         _, model_tr, guide_tr = draw(problem, count, start, idx)
         source = guide_tr if start == "guide" else model_tr
@@ -106,55 +107,57 @@ class Path:
                                         "given latents; use start='prior'")
             self._start_sites = self._fixed_guide()
         self.B = 1 if idx is None else len(idx)
-        self._compiled = self._compile() if jit else None
+        self.graphs, self._decided = graphs, {}
+        starts = [] if self._start_sites is None else [
+            (s["fn"], s["mask"], s["scale"]) for s in self._start_sites.values()]
+        self._inputs = leaves([idx, [t for _, t, *_ in self.sites], starts])
 
-    @property
-    def compiled(self) -> bool:
-        """Whether this chunk's densities run compiled (``jit=True`` and the check passed)."""
-        return self._compiled is not None
+    def frozen(self):
+        """Parameters without gradients while HMC runs (:func:`inference.compiled_path.frozen`):
+        constants of the compiled graphs; eagerly, nothing differentiates them either."""
+        return frozen(self.problem.target.networks.values())
 
-    def _densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s, j, lj = self.densities(flat)
-        return s, j, j.new_zeros(j.shape) + lj  # the log-Jacobian a tensor even where it is 0
+    def _compiled_for(self, flat: torch.Tensor):
+        """This chunk's compiled densities for the shape of ``flat``, or ``None``: recorded once
+        per signature by :class:`~inference.compiled_path.Graphs`, used only if the potential they
+        give -- value, gradient and ``log p - log s`` -- agrees with the eager one at a point
+        of this chunk's own (``flat + 0.5``, ``beta = 0.5``: both terms count)."""
+        key = (flat.shape, flat.stride())
+        if key in self._decided:
+            return self._decided[key]
+        inputs = (flat.detach(), *self._inputs)
+        graph = self.graphs.get(self._traceable, inputs)
+        reason = "recording failed"
+        if graph is not None:
+            probe, half = flat.detach() + 0.5, torch.tensor(0.5, dtype=torch.float64,
+                                                            device=flat.device)
+            compiled = lambda u: graph(u, *self._inputs)  # noqa: E731
+            try:
+                ok = agree(self._potential(probe, half, compiled), self._potential(probe, half))
+                reason = None if ok else "the compiled densities differed from the eager ones"
+            except Exception as err:  # noqa: BLE001 -- a graph that cannot run here runs eagerly
+                reason = f"the compiled densities failed: {type(err).__name__}: {err}"[:300]
+        self.graphs.ran(reason is None, reason)
+        self._decided[key] = graph if reason is None else None
+        return self._decided[key]
 
-    def _compile(self):
-        """A ``torch.jit.trace`` of :meth:`densities` for this chunk, or ``None`` where tracing
-        fails or the traced densities differ from the eager ones at a shifted point. The
-        parameters are constants of the trace (they do not change while estimating): their
-        gradients are off while it is made and while it runs."""
-        state = pyro.get_param_store().get_state()["params"]
-        weights = [w for w in state.values() if w.requires_grad] + [
-            w for net in self.problem.target.networks.values() for w in net.parameters()
-            if w.requires_grad]
-        flat = self.pack(self.initial)
-        try:
-            with _frozen(weights), warnings.catch_warnings(), torch.enable_grad():
-                warnings.simplefilter("ignore")  # the tracer's notes on Pyro's Python
-                traced = torch.jit.trace(self._densities, (flat.clone().requires_grad_(True),),
-                                         check_trace=False)
-                probe = (flat + 0.5).requires_grad_(True)
-                agree = all(torch.allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
-                            for a, b in zip(self._densities(probe), traced(probe)))
-        except Exception:  # noqa: BLE001 -- whatever the tracer cannot follow runs eagerly
-            return None
-        if not agree:
-            return None
-
-        def run(flat):
-            with _frozen(weights):
-                return traced(flat)
-
-        return run
+    def _traceable(self, flat: torch.Tensor, *inputs: torch.Tensor):
+        """:meth:`densities` as a tuple of tensors, with the chunk's own tensors (``inputs``: its
+        datapoints, the start's and the bijections' tensors) named as arguments, so that a
+        recording takes them as inputs (the recorder follows tensors by identity)."""
+        start, joint, log_jac = self.densities(flat)
+        return (start, joint) if isinstance(log_jac, float) else (start, joint, log_jac)
 
     def pack(self, us: Dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([us[n].reshape(self.count, self.B, -1) for n, *_ in self.sites], -1)
 
     def unpack(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
         out, i = {}, 0
-        for name, _, pos, shape in self.sites:
-            size = shape[2:].numel() if pos is not None else shape[1:].numel()
-            u = flat[..., i:i + size].reshape(shape)
-            out[name] = u.movedim(1, pos) if pos is not None else u
+        for name, _, pos, shape in self.sites:  # no-op slices, reshapes and moves skipped:
+            size = shape[2:].numel() if pos is not None else shape[1:].numel()  # each would be
+            u = flat if size == flat.shape[-1] else flat[..., i:i + size]  # one more node to
+            u = u if u.shape == shape else u.reshape(shape)  # differentiate
+            out[name] = u.movedim(1, pos) if pos not in (None, 1) else u
             i += size
         return out
 
@@ -166,8 +169,9 @@ class Path:
             us[name] = u.movedim(pos, 1) if pos is not None else u
         return self.pack(us)
 
-    def densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``log s(z)``, ``log p(x, z)``, ``log |det dT/du|``, each ``[C, B]``, at ``flat`` ``[C, B, D]``."""
+    def transformed(self, flat: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Any]:
+        """The latent values ``z = T(u)`` at ``flat`` ``[C, B, D]`` and ``log |det dT/du|``
+        ``[C, B]`` (the number 0 where every transform is the identity)."""
         us = self.unpack(flat)
         values, log_jac = {}, 0.0
         for name, transform, pos, _ in self.sites:
@@ -177,9 +181,18 @@ class Path:
             lj = transform.log_abs_det_jacobian(us[name], values[name])
             lj = lj.reshape(lj.shape[:1] + (-1,)) if pos is None else lj.movedim(pos, 1)
             log_jac = log_jac + lj.reshape(self.count, self.B, -1).sum(-1)
+        return values, log_jac
+
+    def densities(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log s(z)``, ``log p(x, z)``, ``log |det dT/du|``, each ``[C, B]``, at ``flat`` ``[C, B, D]``."""
+        values, log_jac = self.transformed(flat)
         joint, model_tr, _ = draw(self.problem, self.count, "values", self.idx, values)
-        joint = joint.reshape(self.count, self.B)
-        return self._start(values, model_tr).reshape(self.count, self.B), joint, log_jac
+        start, shape = self._start(values, model_tr), (self.count, self.B)
+        return _shaped(start, shape), _shaped(joint, shape), log_jac
+
+    def guide_density(self, values: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log q(z)`` ``[C, B]`` at the latent values ``z`` (a path with ``start="guide"``)."""
+        return self._start(values, None).reshape(self.count, self.B)
 
     def _start(self, values, model_tr) -> torch.Tensor:
         if self.start == "prior":
@@ -188,7 +201,8 @@ class Path:
             sites = [dict(s, value=values[n]) for n, s in self._start_sites.items()]
         else:
             sites = [s for n, s in sample_sites(self._guide_trace(values)) if n in values]
-        return sum(self._density(s) for s in sites)
+        parts = [self._density(s) for s in sites]
+        return functools.reduce(operator.add, parts) if parts else 0
 
     def _density(self, site) -> torch.Tensor:
         p = self.problem
@@ -197,15 +211,7 @@ class Path:
 
     def _guide_trace(self, values):
         """The guide on the chunk's datapoints at ``values``, under the particle plate."""
-        p = self.problem
-        guide = poutine.condition(p.target.guide, {**(p.fixed or {}), **values})
-        count, dim = self.count, -(p.max_plate_nesting + 1)
-
-        def vectorized(*args):
-            with pyro.plate(PARTICLES, count, dim=dim):
-                return guide(*args)
-
-        return trace_on(vectorized, p.target, p.data, self.idx)
+        return guide_trace(self.problem, self.count, self.idx, values)
 
     def _fixed_guide(self) -> Optional[Dict[str, Dict[str, Any]]]:
         """The guide's sites ``{name: site}`` from one trace, if its distributions do not depend
@@ -235,32 +241,43 @@ class Path:
 
     def potential(self, beta: Union[float, torch.Tensor]):
         """``u -> (log f_beta, its gradient, log p(x, z) - log s(z))`` for :mod:`inference.hmc`;
-        ``beta`` a number or a ``[C, B]`` tensor."""
+        ``beta`` a number or a ``[C, B]`` tensor. The densities run compiled where
+        :attr:`graphs` is given and the graph checks out (:mod:`inference.compiled_path`), else
+        eagerly: the same numbers either way."""
+        b = beta if isinstance(beta, torch.Tensor) else torch.tensor(
+            float(beta), dtype=torch.float64, device=self.problem.data[0].device)
+
+        coefs = {}  # (b, 1 - b) in the densities' dtype, made once
 
         def fn(flat: torch.Tensor):
-            with torch.enable_grad():
-                flat = flat.detach().requires_grad_(True)
-                start, joint, log_jac = (self._compiled or self.densities)(flat)
-                b = torch.as_tensor(beta, dtype=joint.dtype, device=joint.device)
-                f = (1 - b) * start + b * joint + log_jac
-                (grad,) = torch.autograd.grad(f.sum(), flat)
-            bad = ~torch.isfinite(f)
-            f = torch.where(bad, torch.full_like(f, -math.inf), f.detach())
-            return f, grad, (joint - start).detach()
+            graph = None if self.graphs is None else self._compiled_for(flat)
+            if graph is None:
+                return self._potential(flat, b, coefs=coefs)
+            return self._potential(flat, b, lambda u: graph(u, *self._inputs), coefs)
 
         return fn
 
+    def _potential(self, flat: torch.Tensor, b: torch.Tensor, densities=None, coefs=None):
+        """The potential at ``flat`` for ``beta = b``, from :meth:`densities` or a compiled
+        graph of them (``(log s, log p)``, and ``log |det dT/du|`` unless it is 0)."""
+        with torch.enable_grad():
+            flat = flat.detach().requires_grad_(True)
+            start, joint, *log_jac = (densities or self._traceable)(flat)
+            coefs = {} if coefs is None else coefs
+            if joint.dtype not in coefs:
+                bt = torch.as_tensor(b, dtype=joint.dtype, device=joint.device)
+                coefs[joint.dtype] = (bt, 1 - bt)
+            bt, rest = coefs[joint.dtype]
+            f = rest * start + bt * joint
+            for lj in log_jac:
+                f = f + lj
+            (grad,) = torch.autograd.grad(f.sum(), flat)
+        f = torch.nan_to_num(f.detach(), nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+        return f, grad, (joint - start).detach()
 
-@contextlib.contextmanager
-def _frozen(weights: List[torch.Tensor]):
-    """``weights`` without gradients inside (constants of a trace), with them again after."""
-    for w in weights:
-        w.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for w in weights:
-            w.requires_grad_(True)
+
+def _shaped(t: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    return t if t.shape == shape else t.reshape(shape)
 
 
 def _identity(t) -> bool:

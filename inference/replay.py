@@ -125,15 +125,6 @@ def _prepared(target: Target, data, num_particles: int, dim: int, indices, fixed
     return model, guide, data
 
 
-def guide_trace(target: Target, data, num_particles: int, *, max_plate_nesting: int,
-                indices: Optional[torch.Tensor] = None, fixed=None, handler=None):
-    """A trace of the guide as :func:`log_weights` runs it (optionally under ``handler``, a
-    messenger)."""
-    _, guide, data = _prepared(target, data, num_particles, -(max_plate_nesting + 1), indices,
-                               fixed)
-    return _traced(handler(guide) if handler is not None else guide, *data)
-
-
 def _check_local_site(name: str, site: Dict[str, Any], data_plate: Optional[str], where: str,
                       fixed: Optional[Dict[str, Any]] = None) -> bool:
     """Whether a local-scope site counts; raises for a global latent."""

@@ -23,6 +23,7 @@ import math
 from typing import Any, Callable, Dict, Optional
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 from pyro.poutine.messenger import Messenger
@@ -30,9 +31,9 @@ from pyro.poutine.util import site_is_subsample
 
 from inference import distributed as parallel
 from inference.estimators import NotApplicable, Problem
-from inference.plates import first
-from inference.replay import guide_trace, in_plate, log_weights, sample_sites
-from inference.target import num_datapoints
+from inference.plates import first, on_datapoints
+from inference.replay import PARTICLES, _traced, in_plate, log_weights, sample_sites
+from inference.target import num_datapoints, subsampled
 from inference.weights import WeightStats, bias_caveats, log_mean_bias, pareto_khat, stream
 
 #: statistic name -> (value, standard error) of a :class:`WeightStats`
@@ -177,6 +178,26 @@ def _assemble(chunks, local: bool) -> torch.Tensor:
     return torch.cat(columns, 1)
 
 
+def guide_trace(problem: Problem, count: int, idx: Optional[torch.Tensor],
+                values: Optional[Dict[str, torch.Tensor]] = None, handler=None):
+    """The guide on the datapoints ``idx`` (``None``: all) under a particle plate of ``count``,
+    conditioned on the values held fixed and on ``values`` (and run under ``handler``, a
+    messenger, if given): the guide's half of :func:`inference.replay.log_weights`, which draws
+    the same particles."""
+    p = problem
+    given = {**(p.fixed or {}), **(values or {})}
+    guide = poutine.condition(p.target.guide, given) if given else p.target.guide
+    at, data = on_datapoints(p.target, p.data, idx)
+    dim = -(p.max_plate_nesting + 1)
+
+    def vectorized(*args):
+        with pyro.plate(PARTICLES, count, dim=dim):
+            return guide(*args)
+
+    traced = subsampled(vectorized, at)
+    return _traced(handler(traced) if handler is not None else traced, *data)
+
+
 def check_finite(problem: Problem, value: torch.Tensor, proposal: str) -> None:
     """Refuse an estimate that is NaN or ``+inf`` (per datapoint in local scope), naming the
     first site of a replay whose log density is: a weight of ``-inf`` (a particle where the
@@ -233,8 +254,7 @@ def check_proposal(problem: Problem) -> None:
     sliced = problem.local and tgt.data_access == "whole"  # chunks are passed as slices
     sites = _Auxiliary()
     try:
-        tr = guide_trace(tgt, data, 1, max_plate_nesting=problem.max_plate_nesting,
-                         indices=idx, fixed=problem.fixed, handler=sites)
+        tr = guide_trace(problem, 1, idx, handler=sites)
     except ValueError as err:
         if sliced and "Shape mismatch inside plate" in str(err):
             raise NotApplicable(_UNSLICEABLE) from None

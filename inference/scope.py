@@ -81,9 +81,17 @@ def resolve_scope(
     scope the values the global latents are held at (``None`` when there are none)."""
     tr, sliced = first_trace(tgt, data)
     local_names, global_names = latent_sites(tgt, data, tr)
+    unknown = sorted(set(fixed or ()) - set(global_names))
+    if unknown:
+        raise ValueError(f"fixed={{...}} names {unknown}, not global latent sites of {tgt.name} "
+                         f"(those are {global_names or 'none'}): name only sites outside the "
+                         "data plate")
     scope = scope or ("global" if global_names or tgt.data_plate is None
                       or _joint_auxiliary(tgt, data) else "local")
     if scope == "global":
+        if fixed:
+            raise ValueError("fixed={...} holds globals fixed for per-datapoint estimates; "
+                             "log p(X) integrates over them: drop fixed, or pass scope='local'")
         return scope, None
     if tgt.data_plate is None:
         raise ValueError("per-datapoint estimates need a data plate; set data_plate on the Target")

@@ -36,6 +36,8 @@ import torch
 from torch.distributions import constraints as tc
 
 FORMAT, VERSION = "ppzoo-state", 1
+#: the largest state file read (the zoo's are under 10 MB; torch.load reads it whole)
+MAX_BYTES = 4 << 30
 
 
 class StateError(ValueError):
@@ -95,7 +97,9 @@ def fingerprint(data: Any) -> Dict[str, Any]:
     data = tuple(data) if isinstance(data, (tuple, list)) else (data,)
     h = hashlib.sha256()
     for t in data:
-        t = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu")
+        # a fresh row-major copy: a one-row slice can be "contiguous" with a stride of 3
+        t = torch.empty(t.shape, dtype=t.dtype).copy_(t)
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"n": int(data[0].shape[0]) if data and data[0].dim() else 0,
@@ -142,6 +146,11 @@ def read(path: Any, kind: str, map_location: Any = "cpu") -> Dict[str, Any]:
     what = "fitted state" if kind == "fit" else "checkpoint"
     fix = ("refit, or move it away" if kind == "fit"
            else "delete it to start the fit afresh")
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise StateError(f"{path} is not a regular file; {fix}")
+    if path.exists() and path.stat().st_size > MAX_BYTES:
+        raise StateError(f"{path} holds {path.stat().st_size} bytes, more than the {MAX_BYTES} "
+                         f"a ppzoo {what} is read up to; {fix}")
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

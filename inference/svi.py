@@ -1,9 +1,9 @@
 """Stochastic variational inference with ``Trace_ELBO`` on any target.
 
-(About 370 lines: :func:`fit` is one function whose many options -- minibatches, particles,
-losses, KL weight, held-out tracking, checkpoints, data parallelism -- each take a few lines
-here and live in their own modules: :mod:`inference.elbo_terms`, :mod:`inference.checkpoints`,
-:mod:`inference.distributed`.)
+(About 420 lines: :func:`fit` is one function whose many options -- minibatches, particles,
+losses, KL weight, held-out tracking, checkpoints, data parallelism, the compiled step -- each
+take a few lines here and live in their own modules: :mod:`inference.elbo_terms`,
+:mod:`inference.checkpoints`, :mod:`inference.distributed`, :mod:`inference.compiled`.)
 
 :func:`fit` maximises the evidence lower bound [1]
 
@@ -46,6 +46,7 @@ from inference.checkpoints import (HELDOUT_FILE, LOSS_FILE, STATE_FILE, load_fit
                                    save_fit)
 from inference.checkpoints import checkpoint as _checkpoint
 from inference.checkpoints import resume as _resume
+from inference.compiled import CompiledStep, why_not
 from inference.io import PathLike
 from inference.plates import ScaleToFull, check_sliceable, on_datapoints, resolve
 from inference.target import (
@@ -77,6 +78,11 @@ class FitResult:
     :ivar seconds: wall time of the optimisation.
     :ivar heldout: with ``fit(heldout=...)``: one row per evaluation, ``step`` (steps done),
         ``heldout_loss`` (negative ELBO of the held-out data) and its ``_per_datapoint``.
+    :ivar diagnostics: how the steps ran (:mod:`inference.compiled`): ``compiled_steps`` (taken
+        by the compiled step; the first step of a run is always eager), ``not_compiled`` (why
+        the other steps ran eagerly, e.g. ``"compile=False"``; ``None`` when all but the first
+        were compiled), ``compile_seconds`` (tracing and the check) and ``compile_check`` (the
+        largest relative difference of compiled and eager step at the check; 0: equal).
     """
 
     target: Target
@@ -84,6 +90,7 @@ class FitResult:
     state: Dict[str, Any]
     seconds: float
     heldout: Optional[pd.DataFrame] = None
+    diagnostics: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def save(self, folder: PathLike) -> Path:
         return save_fit(self, folder)
@@ -94,9 +101,11 @@ class FitResult:
         size = sum(t.numel() for t in self.state.get("params", {}).values())
         size += sum(t.numel() for sd in self.state.get("networks", {}).values()
                     for t in sd.values())
+        why = self.diagnostics.get("not_compiled")
+        how = "compiled" if why is None else f"eager: {why}"
         return (f"FitResult({self.target.name!r}, steps={len(self.losses)}, "
                 f"final -ELBO per datapoint={final} (mean of the last {len(tail)}), "
-                f"{size} fitted numbers, seconds={self.seconds:.3g})")
+                f"{size} fitted numbers, seconds={self.seconds:.3g}, {how})")
 
 
 class FusedAdam:
@@ -144,15 +153,41 @@ class FusedAdam:
         self._waiting = state
 
 
-def _batches(n: int, batch_size: Optional[int], generator: torch.Generator, device: torch.device):
-    """Endless stream of index minibatches: shuffled epochs without replacement."""
-    if batch_size is None or batch_size >= n:
-        while True:
-            yield None
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start : start + batch_size].to(device)
+class _Batches:
+    """Endless stream of index minibatches: shuffled epochs without replacement. Its
+    :meth:`state` -- the generator's state before the current epoch's permutation, and how
+    many batches of that epoch were taken -- continues the stream exactly (:meth:`restore`),
+    also from the middle of an epoch."""
+
+    def __init__(self, n: int, batch_size: Optional[int], generator: torch.Generator,
+                 device: torch.device):
+        self.n, self.size, self.generator, self.device = n, batch_size, generator, device
+        self.per_epoch = 0 if batch_size is None or batch_size >= n else n // batch_size
+        self.perm: Optional[torch.Tensor] = None
+        self.taken, self.epoch_start = 0, generator.get_state()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Optional[torch.Tensor]:
+        if not self.per_epoch:
+            return None  # every datapoint, every step
+        if self.perm is None or self.taken == self.per_epoch:
+            self.epoch_start = self.generator.get_state()
+            self.perm, self.taken = torch.randperm(self.n, generator=self.generator), 0
+        self.taken += 1
+        return self.perm[(self.taken - 1) * self.size : self.taken * self.size].to(self.device)
+
+    def state(self) -> Dict[str, Any]:
+        return {"generator": self.epoch_start, "batches_taken": self.taken}
+
+    def restore(self, generator_state: torch.Tensor, taken: int) -> None:
+        """Continue from :meth:`state`'s output (``taken=0``: from ``generator_state`` on)."""
+        self.generator.set_state(generator_state)
+        self.perm, self.taken, self.epoch_start = None, 0, generator_state
+        if taken:
+            next(self)  # the epoch's permutation, drawn again; then skip what was taken
+            self.taken = taken
 
 
 def fit(
@@ -177,6 +212,7 @@ def fit(
     heldout_every: int = 100,
     kwargs: Optional[Dict[str, Any]] = None,
     distributed: bool = False,
+    compile: bool = True,  # noqa: A002 -- the option's natural name (as torch.compile)
 ) -> FitResult:
     """Fit ``target`` to ``data`` by SVI.
 
@@ -218,15 +254,19 @@ def fit(
     :param distributed: data-parallel over the processes ``torchrun`` started
         (:mod:`inference.distributed`): each takes its shard of every global minibatch of
         ``batch_size``, gradients are all-reduced, only rank 0 writes the checkpoint.
+    :param compile: take the steps after the first with the compiled step
+        (:mod:`inference.compiled`: the step's ELBO traced once and checked against the eager
+        one; the same losses and parameters, without Pyro's per-step Python) wherever it
+        applies; where it does not, the steps run eagerly and
+        ``FitResult.diagnostics["not_compiled"]`` says why. ``False``: every step eager.
     """
     tgt = as_target(target, **({"kwargs": kwargs} if kwargs else {}))
     if not isinstance(loss, ELBO) and loss is not None and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass an "
                          "ELBO instance, e.g. pyro.infer.TraceMeanField_ELBO()")
-    if steps < 0 or num_particles < 1:
-        raise ValueError(f"steps must be >= 0 and num_particles >= 1, got {steps}, {num_particles}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+    _check_settings(steps=steps, num_particles=num_particles, batch_size=batch_size,
+                    checkpoint_every=checkpoint_every, seed=seed,
+                    lr=lr if optim is None else None, compile=compile)
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate; set data_plate on the Target")
     dev = resolve_device(device)
@@ -257,7 +297,7 @@ def fit(
     if clear:
         pyro.clear_param_store()
     pyro.set_rng_seed(parallel.rank_seed(seed, world))
-    generator = torch.Generator().manual_seed(seed)
+    stream = _Batches(n, batch_size, torch.Generator().manual_seed(seed), dev)
 
     handler = SubsampleAt(tgt.data_plate)
     model, guide = subsampled(tgt.model, handler), subsampled(tgt.guide, handler)
@@ -295,20 +335,50 @@ def fit(
         **({} if kl_weight == 1 else {"kl_weight": kl_weight}))
     held: list = []
     if checkpoint is not None and Path(checkpoint).exists():
-        rows, start = _resume(checkpoint, tgt, data, optim, generator, dev, run, terms.columns,
+        rows, start = _resume(checkpoint, tgt, data, optim, stream, dev, run, terms.columns,
                               world, seed)
         held = [tuple(r) for r in state_file.read(checkpoint, "checkpoint").get("heldout", [])]
-    batches = _batches(n, batch_size, generator, dev)
+    batches = stream
     if world.size > 1:
-        batches = parallel.sharded_batches(batches, n, world, dev)
+        batches = parallel.sharded_batches(stream, n, world, dev)
         parallel.start(world, elbo, model, guide, tgt, data, handler)
 
     show = (sys.stderr.isatty() if progress is None else progress) and world.writer
-    bar = tqdm(range(start, steps), desc=f"fit {tgt.name}", disable=not show, leave=False)
+    bar = tqdm(total=steps - start, desc=f"fit {tgt.name}", disable=not show, leave=False)
+    why = why_not(elbo, tgt.networks, steps - start) if compile else "compile=False"
+    compiler = fast = None if why is not None else CompiledStep(
+        svi, elbo, model, guide, handler, terms, data, tgt.data_access == "whole", svi is optim)
+
+    def held_out(step: int) -> bool:
+        return heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps)
+
+    def saved(step: int) -> bool:
+        return checkpoint is not None and (step + 1) % checkpoint_every == 0
+
+    def due(step: int) -> bool:  # whether after(step) has more to do than count the step
+        return show and step % 50 == 0 or held_out(step) or saved(step)
+
+    def after(step: int, taken: int = 1) -> None:  # once rows holds the row of step
+        bar.update(taken)
+        if step % 50 == 0:
+            bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
+        if held_out(step):
+            held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
+        if saved(step):
+            _checkpoint(checkpoint, tgt, optim, rows, step + 1, stream, run, terms.columns,
+                        held, world)
+
     t0 = time.perf_counter()
     validated = False
-    for step in bar:
-        chosen, batch = on_datapoints(tgt, data, next(batches))
+    step = start
+    while step < steps:
+        indices = next(batches)
+        if fast is not None and fast.graph is not None:
+            step, indices = fast.run(step, steps, indices, batches, rows, due, after)
+            if step == steps:
+                break
+            why, fast = fast.reason, None  # this step and the rest run eagerly
+        chosen, batch = on_datapoints(tgt, data, indices)
         handler.indices = chosen.indices
         # The first step runs Pyro's argument and model/guide checks; the structure is static,
         # so later steps skip them (they cost about a third of a small model's step).
@@ -316,26 +386,53 @@ def fit(
             value = svi.step(*batch)
         validated = True
         rows.append(terms.row(step, value))
-        if step % 50 == 0:
-            bar.set_postfix(loss_per_datapoint=f"{rows[-1][2]:.4g}")
-        if heldout is not None and ((step + 1) % heldout_every == 0 or step + 1 == steps):
-            held.append(_heldout_loss(tgt, elbo, heldout, seed, step + 1))
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _checkpoint(checkpoint, tgt, optim, rows, step + 1, generator, run, terms.columns,
-                        held, world)
+        after(step)
+        if fast is not None and fast.graph is None:  # compile the steps after the first
+            why = fast.trace(indices)
+            fast = fast if why is None else None
+        step += 1
+    bar.close()
     seconds = time.perf_counter() - t0
     handler.indices = None
     if checkpoint is not None:
-        _checkpoint(checkpoint, tgt, optim, rows, steps, generator, run, terms.columns, held, world)
+        _checkpoint(checkpoint, tgt, optim, rows, steps, stream, run, terms.columns, held, world)
     losses = pd.DataFrame(rows, columns=list(terms.columns))
     if not losses["loss"].map(math.isfinite).all():
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
-    result = FitResult(tgt, losses, param_state(tgt, data), seconds)
+    result = FitResult(tgt, losses, param_state(tgt, data), seconds, diagnostics=dict(
+        compiler.diagnostics if compiler is not None else {"compiled_steps": 0},
+        not_compiled=why))
     if heldout is not None:
         result.heldout = pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
     return result
+
+
+def _check_settings(*, steps, num_particles, batch_size, checkpoint_every, seed, lr,
+                    compile) -> None:  # noqa: A002
+    """Refuse a setting :func:`fit` would silently round or run without learning (``1.5``
+    particles run as one; ``lr=0`` keeps the initial parameters and a constant loss)."""
+    import numbers
+
+    def integer(v, low):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+    for name, value, low in (("steps", steps, 0), ("num_particles", num_particles, 1),
+                             ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
+        if not integer(value, low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if seed >= 2**32:  # numpy's seed, which pyro.set_rng_seed sets too, stops there
+        raise ValueError(f"seed must be below 2**32, got {seed}")
+    if batch_size is not None and not integer(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if lr is not None and not (isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+                               and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0 (Adam's step size, e.g. 0.01), got "
+                         f"{lr!r}; to hold the parameters fixed on purpose, pass an optimiser "
+                         "of step size 0, e.g. optim=pyro.optim.SGD({'lr': 0.0})")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
 
 
 HELDOUT_COLUMNS = ("step", "heldout_loss", "heldout_loss_per_datapoint")

@@ -214,6 +214,11 @@ def _irregular_khat(top: torch.Tensor, num_samples: int) -> torch.Tensor:
     return torch.tensor([khat_from_top(row, num_samples) for row in tail], dtype=torch.float64)
 
 
+#: per operation: whether its outputs are fresh tensors (no alias of an input: not a view, not
+#: in place), read once from its schema
+_FRESH: dict = {}
+
+
 class _AllocationCounter(TorchDispatchMode):
     """Counts bytes of every fresh tensor an operation allocates (views and in-place ops excluded)."""
 
@@ -223,10 +228,11 @@ class _AllocationCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        returns = func._schema.returns
-        aliased = any(r.alias_info is not None for r in returns)
-        if not aliased:
-            for t in tree_leaves(out):
+        fresh = _FRESH.get(func)
+        if fresh is None:
+            fresh = _FRESH[func] = all(r.alias_info is None for r in func._schema.returns)
+        if fresh:
+            for t in (out,) if type(out) is torch.Tensor else tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     self.bytes += t.numel() * t.element_size()
         return out

@@ -6,6 +6,9 @@ alone with ``WORLD_SIZE=1`` for the single-process references. Every check share
     python tests/distributed_job.py OUT
 """
 
+import contextlib
+import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,10 +21,10 @@ from pyro.infer.autoguide import AutoDelta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy  # noqa: E402
+from fittools import interrupted_after  # noqa: E402
 
 import inference  # noqa: E402
 from inference import distributed as parallel  # noqa: E402
-from inference import svi as svi_module  # noqa: E402
 
 
 def hierarchical(x):
@@ -55,26 +58,76 @@ def fits(out: Path, rank: int) -> dict:
 
     r = inference.fit(zoo.get("gmm"), zoo.get("gmm").load_data(), **CURVE, distributed=True)
     got["curve"] = r.losses["loss"].to_numpy()
-    # checkpoint and resume: Ctrl-C right after the checkpoint of step 10, then rerun
+    # checkpoint and resume: Ctrl-C right after the checkpoint of step 10, then rerun; 3
+    # batches of 12 an epoch, so step 10 is inside an epoch (its permutation half used)
     pair = (toy.local_model, toy.local_guide)
-    settings = dict(steps=20, batch_size=20, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
+    settings = dict(steps=20, batch_size=12, lr=0.05, seed=3, checkpoint_every=5, distributed=True)
     whole = inference.fit(pair, x, checkpoint=out / "whole.pt", **settings)
-    real = svi_module._checkpoint
-
-    def stop_at_10(*args):
-        real(*args)
-        if args[4] == 10:
-            raise KeyboardInterrupt
-
-    svi_module._checkpoint = stop_at_10
-    try:
-        inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
-    except KeyboardInterrupt:
-        pass
-    svi_module._checkpoint = real
+    with interrupted_after(10):
+        try:
+            inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
+        except KeyboardInterrupt:
+            pass
     resumed = inference.fit(pair, x, checkpoint=out / "cut.pt", **settings)
     got["resume"] = (whole.state["params"], resumed.state["params"],
                      whole.losses["loss"].to_numpy(), resumed.losses["loss"].to_numpy())
+    return got
+
+
+#: ``ppzoo fit vae`` of 60 steps: checkpoints at step 50, inside an epoch of 3 batches
+VAE = ["fit", "vae", "--subset", "30", "--batch-size", "10", "--steps", "60", "--seed", "3",
+       "--no-progress"]
+
+
+def cli_resume(out: Path) -> tuple:
+    """``ppzoo fit vae`` whole; the same, Ctrl-C on every rank after its checkpoint of step
+    50 (as torchrun passes SIGINT on), then ``--resume``: the exit statuses."""
+    from zoo.app import cli
+
+    whole = cli.main(VAE + ["--out", str(out / "vae-whole")])
+    with interrupted_after(50):
+        cut = cli.main(VAE + ["--out", str(out / "vae-cut")])
+    return whole, cut, cli.main(VAE + ["--out", str(out / "vae-cut"), "--resume"])
+
+
+def refused(argv, env=None) -> tuple:
+    """``ppzoo argv`` on this rank (with ``env`` set meanwhile): (exit status, stderr)."""
+    from zoo.app import cli
+
+    err, env = io.StringIO(), env or {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main([str(a) for a in argv])
+            except SystemExit as e:  # argparse's own errors
+                rc = e.code
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return rc, err.getvalue()
+
+
+def refusals(out: Path, rank: int) -> dict:
+    """ppzoo commands refused by one rank, or by every rank: each rank's (exit status,
+    stderr). A rank that stops must not leave the others waiting (tests/test_distributed.py)."""
+    fit = ["fit", "gmm", "--steps", "5", "--no-progress", "--out"]
+    alone = ["--steps", "-3"] if rank else []
+    got = {"steps": refused(fit + [out / "steps"] + alone,
+                            {"TORCHELASTIC_ERROR_FILE": str(out / f"error{rank}.json")}),
+           "data": refused(fit + [out / "data"] + (["--data", out / "no.csv"] if rank else [])),
+           "parse": refused(fit + [out / "parse"] + (["--steps", "x"] if rank else [])),
+           "kl": refused(fit + [out / "kl", "--kl-weight", "2"]),
+           "every rank": refused(fit + [out / "every", "--steps", "-3"]),
+           "estimate": refused(["estimate", out / "run", "-K", "0" if rank else "5",
+                                "--no-progress"])}
+    # rank 1 stops before its checks: rank 0 waits 2 s for its word, not forever
+    if rank == 0:
+        got["absent"] = refused(fit + [out / "absent"], {"PPZOO_DIST_TIMEOUT": "2"})
+    torch.distributed.barrier()
+    if rank == 1:
+        parallel.agree(None)  # the round rank 0 waited for in vain: the ranks in step again
     return got
 
 
@@ -113,6 +166,8 @@ def main(out: Path) -> None:
     got["cli"] = (cli.main(["fit", "gmm", "--out", run, "--steps", "10", "--no-progress"]),
                   cli.main(["estimate", run, "--method", "is-guide", "--method", "elbo",
                             "-K", "20", "--seeds", "1", "--no-progress"]))
+    got["cli resume"] = cli_resume(out)
+    got["refusals"] = refusals(out, w.rank)
     t.append(time.perf_counter())
     got["seconds"] = list(np.diff(t))
     torch.save(got, out / f"rank{w.rank}.pt")

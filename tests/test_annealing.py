@@ -246,8 +246,9 @@ def test_ais_vae_digits_within_two_hundredths_of_quadrature(trained_vae):
 
 
 def test_ais_jit_matches_the_closed_form_and_leaves_the_parameters_trainable():
-    # jit=True compiles each chunk's densities; the answer is still the closed form within
-    # 3 stderr, every chunk ran compiled, and the networks' and params' gradients are back on
+    # jit=True (the default) compiles each chunk's densities; the answer is still the closed
+    # form within 3 stderr, a chunk ran compiled, and the networks' and params' gradients are
+    # back on (tests/test_compiled_path.py: compiled equals eager)
     entry, sim = _fa(20, "meanfield")
     x = sim.data[0]
     _poor_meanfield(entry, x)

@@ -37,18 +37,21 @@ def test_bench_iwae_quick():
     assert [r[0] for r in table][:3] == [
         "inference.estimate is-guide", "hand-written PyTorch", "of which PSIS k-hat"]
     assert table[1][7] == "1.00"  # ratios are to the hand-written evaluator
-    for r in table:
+    *ratios, fixed = table
+    for r in ratios:
         number(r[7])
+    assert fixed[0].startswith("fixed cost of a call")
+    number(fixed[5])  # seconds per call
 
 
 def test_bench_svi_quick():
     table = rows(run("bench_svi.py", "--quick"))
     assert {(r[0], r[1]) for r in table} == {
         (b, c) for b in ("128", "1024")
-        for c in ("hand-written PyTorch", "inference.fit", "inference.fit, no terms",
+        for c in ("hand-written PyTorch", "inference.fit", "inference.fit, compile=False",
                   "JitTrace_ELBO")}
     for r in table:
-        number(r[5])
+        number(r[5]), number(r[6])
 
 
 @pytest.mark.slow
@@ -61,8 +64,40 @@ def test_bench_memory_small():
 
 def test_bench_ais_quick():
     table = rows(run("bench_ais.py", "--quick"))
-    assert [r[0] for r in table] == ["inference.estimate ais", "inference.estimate ais, jit=True",
+    assert [r[0] for r in table] == ["inference.estimate ais", "inference.estimate ais, jit=False",
                                      "hand-written PyTorch"]
     assert table[2][8] == "1.00"
     for r in table:
         number(r[8])
+
+
+def test_bench_bridge_quick():
+    table = rows(run("bench_bridge.py", "--quick", "--repeats", "1"))
+    assert [r[1] for r in table] == ["is-guide", "bridge", "bridge jit=True", "chib"]
+    assert table[0][7] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        assert int(r[2]) > 0 and all(number(c) >= 0 for c in r[3:])
+
+
+def test_bench_frontier_quick():
+    import inference
+    from inference import estimators
+
+    table = rows(run("bench_frontier.py", "--quick", "--repeats", "1"))
+    ran = [r for r in table if not r[5].startswith("did not apply")]
+    assert {r[0] for r in table} == {m for m in inference.methods()
+                                     if not estimators.get(m).reference}
+    assert next(r for r in ran if r[0] == "is-guide")[5] == "1.00"
+    for r in ran:
+        number(r[3])
+        if r[4] != "-":
+            number(r[4]), number(r[5])
+
+
+def test_bench_nested_ss_quick():
+    table = rows(run("bench_nested_ss.py", "--quick"))
+    assert [r[0] for r in table] == ["is-guide", "nested", "stepping-stone"]
+    assert table[0][4] == "1.00"  # ratios are to is-guide's cost per evaluation
+    for r in table:
+        number(r[3])
+        number(r[4])

@@ -1,6 +1,7 @@
 """Data-parallel fit and estimate on torch.distributed: 2 gloo processes on localhost (one
 start-up for every check: tests/distributed_job.py) against the same work in this process."""
 
+import json
 import os
 import shutil
 import socket
@@ -101,6 +102,76 @@ def test_checkpoint_resume_under_two_ranks(ranks):
     np.testing.assert_array_equal(whole_losses, resumed_losses)
     same(whole, resumed, rtol=0)
     assert not list(out.glob("*.tmp"))
+
+
+def test_cli_fit_under_torchrun_resumes_exactly(ranks):
+    """``ppzoo fit vae`` interrupted after its checkpoint inside an epoch, then resumed:
+    bitwise the weights and losses of the uninterrupted 2-process fit."""
+    (r0, r1), out = ranks
+    assert r0["cli resume"] == r1["cli resume"] == (0, 130, 0)
+    whole, cut = (torch.load(out / d / "state.pt", weights_only=True)
+                  for d in ("vae-whole", "vae-cut"))
+    assert whole["networks"] and whole["networks"].keys() == cut["networks"].keys()
+    for net in whole["networks"]:
+        for k, w in whole["networks"][net].items():
+            assert torch.equal(w, cut["networks"][net][k]), (net, k)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "vae-cut" / "losses.csv"),
+                                  pd.read_csv(out / "vae-whole" / "losses.csv"), check_exact=True)
+    assert not (out / "vae-cut" / "checkpoint.pt").exists()
+
+
+def test_a_rank_refusing_its_input_stops_every_rank_with_one_line(ranks):
+    """One rank refuses its input (before or after the others joined, argparse's own errors
+    too), or every rank does, or one never reports: every rank exits 2 at once, rank 0 (local
+    rank 0) prints the one line naming the rank and its problem, nothing is written."""
+    (r0, r1), out = ranks
+    g0, g1 = r0["refusals"], r1["refusals"]
+    lines = {k: v[1] for k, v in g0.items()}
+    assert all(rc == 2 for rc, _ in g0.values()) and all(rc == 2 for rc, _ in g1.values()), (g0, g1)
+    assert all(err == "" for _, err in g1.values()), g1  # local rank 1 keeps quiet
+    assert all(line.startswith("ppzoo: error: ") and line.count("\n") == 1
+               for line in lines.values()), lines
+    assert lines["steps"] == ("ppzoo: error: on rank 1 of 2: --steps must be an integer >= 1, "
+                              "got -3\n")
+    assert lines["data"].startswith(f"ppzoo: error: on rank 1 of 2: {out / 'no.csv'}")
+    assert lines["parse"] == ("ppzoo: error: on rank 1 of 2: argument --steps: invalid int value: "
+                              "'x'; see ppzoo fit --help\n")
+    assert lines["kl"].startswith("ppzoo: error: --kl-weight 2 under torchrun: ")
+    assert lines["every rank"] == "ppzoo: error: --steps must be an integer >= 1, got -3\n"
+    assert lines["estimate"].startswith("ppzoo: error: on rank 1 of 2: -K must be an integer")
+    assert lines["absent"].startswith("ppzoo: error: rank 1 of 2 did not report on its checks "
+                                      "within 2 s")
+    for name in ("steps", "data", "parse", "kl", "every", "absent"):
+        assert not (out / name).exists(), name
+    # torchrun's failure summary shows the line (its "traceback") on every rank
+    for r in range(2):
+        error = json.loads((out / f"error{r}.json").read_text())["message"]
+        assert error["extraInfo"]["py_callstack"] == lines["steps"].strip()
+
+
+def test_a_rank_whose_partners_never_come_stops_after_the_timeout(tmp_path):
+    """Rank 0 of 2 started alone (rank 1 crashed, or its machine never started it): one line
+    after PPZOO_DIST_TIMEOUT seconds instead of torch's 30 minutes; a malformed timeout is
+    refused in one line."""
+    code = ("import json, os, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from clitools import run_main\n"
+            "got = []\n"
+            "for timeout in ('soon', '2'):\n"
+            "    os.environ['PPZOO_DIST_TIMEOUT'] = timeout\n"
+            f"    got.append(run_main(['fit', 'gmm', '--out', {str(tmp_path / 'run')!r}]))\n"
+            "print(json.dumps(got))\n")
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (rc1, _, err1), (rc2, _, err2) = json.loads(done.stdout)
+    assert rc1 == 2 and err1 == ("ppzoo: error: PPZOO_DIST_TIMEOUT must be a number of seconds > "
+                                 "0, got 'soon'\n")
+    assert rc2 == 2 and err2.startswith("ppzoo: error: the 2 processes did not meet at "
+                                        "127.0.0.1:") and "within 2 s" in err2, err2
+    assert err2.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_local_estimate_does_not_depend_on_the_number_of_processes(ranks):

@@ -169,7 +169,7 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="num_samples"):
             inference.estimate(LOCAL, x, num_samples=K)
     with pytest.raises(ValueError, match="unknown method"):
-        inference.estimate(LOCAL, x, method="laplace")
+        inference.estimate(LOCAL, x, method="no-such-method")
     with pytest.raises(ValueError, match="NaN"):
         inference.estimate(LOCAL, torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="is global"):

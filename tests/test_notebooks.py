@@ -58,7 +58,8 @@ def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_mle_map_l2.ipynb", "02_gaussian_mixtures.ipynb", "03_amortization.ipynb",
             "04_estimating_log_px.ipynb", "05_vae_latent_space.ipynb",
-            "06_bring_your_own_model.ipynb", "07_autoregressive_vs_latent.ipynb"} <= names
+            "06_bring_your_own_model.ipynb", "07_autoregressive_vs_latent.ipynb",
+            "08_choosing_an_estimator.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -1,6 +1,5 @@
 """inference.fit: minibatch unbiasedness, checkpoints, save/load, errors."""
 
-import importlib
 import math
 
 import pyro
@@ -9,6 +8,8 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import inference
+from fittools import interrupted_after
+from inference.state import StateError
 from inference.target import SubsampleAt, subsampled
 from toy import global_guide, global_model, local_data, local_guide, local_model, set_local_guide
 
@@ -64,26 +65,28 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     x = local_data(100)
     whole = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False)
     ckpt = tmp_path / "ckpt.pt"
-    svi_module = importlib.import_module("inference.svi")
-    real = svi_module._checkpoint
-
-    def stop_at_30(*args):  # Ctrl-C right after the checkpoint of step 30
-        real(*args)
-        if args[4] == 30:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(svi_module, "_checkpoint", stop_at_30)
-        with pytest.raises(KeyboardInterrupt):
-            inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
-                          checkpoint=ckpt, checkpoint_every=10)
+    # Ctrl-C right after the checkpoint of step 28: inside an epoch (5 batches of 20), so the
+    # resumed stream must pick up its permutation
+    with interrupted_after(28), pytest.raises(KeyboardInterrupt):
+        inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
+                      checkpoint=ckpt, checkpoint_every=7)
     # the checkpoint is plain tensors and data: it loads without running pickled code
-    assert torch.load(ckpt, weights_only=True)["step"] == 30
+    assert torch.load(ckpt, weights_only=True)["step"] == 28
     resumed = inference.fit(LOCAL, x, steps=60, batch_size=20, lr=0.05, seed=4, progress=False,
-                            checkpoint=ckpt, checkpoint_every=10)
+                            checkpoint=ckpt, checkpoint_every=7)
     torch.testing.assert_close(torch.tensor(resumed.losses["loss"].values),
-                               torch.tensor(whole.losses["loss"].values))
+                               torch.tensor(whole.losses["loss"].values), rtol=0, atol=0)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_checkpoint_with_a_minibatch_position_outside_the_epoch_is_refused(tmp_path):
+    x, ckpt = local_data(100), tmp_path / "ckpt.pt"
+    inference.fit(LOCAL, x, steps=7, batch_size=20, checkpoint=ckpt, checkpoint_every=7)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["batches_taken"] == 2  # 7 steps of an epoch of 5 batches
+    torch.save(dict(saved, batches_taken=6), ckpt)
+    with pytest.raises(StateError, match=r"minibatch position 6 outside \[0, 5\]"):
+        inference.fit(LOCAL, x, steps=7, batch_size=20, checkpoint=ckpt, checkpoint_every=7)
 
 
 def test_save_and_load_roundtrip(tmp_path):

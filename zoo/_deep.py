@@ -26,10 +26,10 @@ References:
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import struct
+import zlib
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -38,7 +38,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from zoo.base import Data, Simulated, ZooModel, check_file, check_rows, check_size
+from zoo import base
+from zoo.base import Data, Simulated, ZooModel, check_bytes, check_file, check_rows, check_size
 
 #: Digits pixels are integers 0..16; a pixel is "on" when it is at least this value.
 DIGITS_THRESHOLD = 8
@@ -87,11 +88,16 @@ def load_labels() -> torch.Tensor:
 def _read_idx(path: str) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
+    if raw[:2] == b"\x1f\x8b":  # decompressed up to the bound: a gzip bomb stops there
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+            raw = inflate.decompress(raw, base.MAX_DATA_BYTES + 1)
+        except zlib.error as e:
             raise ValueError(f"{path}: corrupt gzip file ({e})") from None
+        check_bytes(len(raw), path, "decompresses to at least" if inflate.unconsumed_tail
+                    else "decompresses to")
+        if not inflate.eof:
+            raise ValueError(f"{path}: corrupt gzip file (it ends before its stream does)")
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file; expected {MNIST_FORMATS}")
     ndim = raw[3]
@@ -107,17 +113,36 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
+def _npy_bytes(archive: Any, key: str) -> int:
+    """The bytes the array ``key`` of an .npz archive takes once loaded, from its header."""
+    with archive.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize
+
+
 def _read_npz(path: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as f:
+    import zipfile
+
+    def unreadable(e):
+        return ValueError(f"{path} is not a readable .npz archive ({e}); expected {MNIST_FORMATS}")
+
+    try:  # the array's size from its header first, before a byte of it is inflated
+        with np.load(path, allow_pickle=False) as f, zipfile.ZipFile(path) as archive:
             keys = list(f.keys())
             key = next((k for k in ("x_train", "x") if k in keys), keys[0] if keys else None)
-            a = None if key is None else f[key]
-    except Exception as e:  # zipfile.BadZipFile, OSError, object arrays (ValueError), ...
-        raise ValueError(f"{path} is not a readable .npz archive ({e}); expected {MNIST_FORMATS}") from None
-    if a is None:
+            size = 0 if key is None else _npy_bytes(archive, key)
+    except Exception as e:  # zipfile.BadZipFile, OSError, a bad header (ValueError), ...
+        raise unreadable(e) from None
+    if key is None:
         raise ValueError(f"{path}: the .npz archive holds no arrays")
-    return a
+    check_bytes(size, path, f"holds an array {key!r} of")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f[key]
+    except Exception as e:  # object arrays (ValueError), a corrupt member, ...
+        raise unreadable(e) from None
 
 
 def load_mnist(path: str, binarise: bool = True) -> torch.Tensor:

@@ -44,7 +44,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from zoo.base import QUICK, Data, Job, Simulated, ZooModel, check_rows, register
+from zoo.base import QUICK, Data, Job, Simulated, ZooModel, check_file, check_rows, register
 
 
 @register
@@ -187,15 +187,23 @@ class FactorAnalysis(ZooModel):
 
             x = torch.as_tensor(load_digits().data / 16.0, dtype=torch.get_default_dtype())
         else:
+            import warnings
+
             import numpy as np
 
+            expected = f"a numeric CSV of {self.data_dim} columns"
+            check_file(path, expected, text=True)
             try:
-                x = torch.as_tensor(np.genfromtxt(path, delimiter=",", skip_header=0),
-                                    dtype=torch.get_default_dtype())
+                with warnings.catch_warnings():  # an empty table is refused below instead
+                    warnings.simplefilter("ignore")
+                    table = np.genfromtxt(path, delimiter=",", skip_header=0, ndmin=2)
+                x = torch.as_tensor(table, dtype=torch.get_default_dtype())
             except (OSError, ValueError) as err:
-                raise ValueError(f"{path}: not a numeric CSV of {self.data_dim} columns ({err})")
-            if torch.isnan(x[0]).all():
+                raise ValueError(f"{path}: not {expected} ({err})")
+            if len(x) and torch.isnan(x[0]).all():
                 x = x[1:]  # a header line
+            if len(x) == 0:
+                raise ValueError(f"{path} holds no data rows; expected {expected}")
         x = x.to(device)
         self.check_data(x)
         return (x,)

@@ -27,7 +27,9 @@ why).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, Optional
+import math
+import numbers
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -83,7 +85,18 @@ class Estimator:
         only when the weights' tail is light (PSIS k-hat below its threshold); False for the
         ELBO, whose standard error is that of an average of log weights.
     :cvar options: keyword options :meth:`run` accepts, with their defaults.
+    :cvar checks: ``{option: (test, what it must be)}``, e.g. ``integer(1)``: what
+        :func:`check_options` requires of an option's value (one without a check must have
+        its default's type: an integer, a finite number, a bool or a string).
     :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
+    :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
+        ``laplace``): a benchmark runs it once per target.
+    :cvar unbiased: ``exp`` of its value is an unbiased estimate of ``p(x)`` (importance
+        sampling, AIS; not SMC with adaptive temperatures): over many seeds the mean of
+        ``Z_hat / Z`` must be 1 (:func:`inference.calibrate`).
+    :cvar consistent: its value converges to ``log p(x)`` as K grows, so its standard error is
+        meant to cover the truth; False for a bound whose gap K does not close (the ELBO:
+        its stderr is that of the bound), which calibration reports as not expected to cover.
     """
 
     name: ClassVar[str] = ""
@@ -91,7 +104,11 @@ class Estimator:
     reference: ClassVar[bool] = False
     weighted: ClassVar[bool] = True
     options: ClassVar[Mapping[str, Any]] = {}
+    checks: ClassVar[Mapping[str, "Check"]] = {}
     shardable: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = False
+    unbiased: ClassVar[bool] = False
+    consistent: ClassVar[bool] = True
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)
@@ -127,5 +144,71 @@ def all_options() -> Dict[str, str]:
     return {opt: name for name in names() for opt in _REGISTRY.get(name).options}
 
 
+# ---------------------------------------------------------------------------- option checks
+#: a check of an option's value: a test, and what the value must be (for the error)
+Check = Tuple[Callable[[Any], bool], str]
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int) -> Check:
+    """An integer ``>= low`` (``1.5`` and ``True`` are refused, not rounded)."""
+    return (lambda v: _int(v) and v >= low), f"an integer >= {low}"
+
+
+def number(low: float, high: float = math.inf, *, closed: str = "") -> Check:
+    """A finite number in the interval from ``low`` to ``high``, open at each end unless
+    ``closed`` names it (``"low"``, ``"high"`` or ``"both"``)."""
+    lo = (lambda v: v >= low) if closed in ("low", "both") else (lambda v: v > low)
+    hi = (lambda v: v <= high) if closed in ("high", "both") else (lambda v: v < high)
+    text = (f"a finite number {'>=' if closed in ('low', 'both') else '>'} {low:g}"
+            if high == math.inf else
+            f"a number in {'[' if closed in ('low', 'both') else '('}{low:g}, "
+            f"{high:g}{']' if closed in ('high', 'both') else ')'}")
+    return (lambda v: _real(v) and lo(v) and hi(v)), text
+
+
+def one_of(*choices: Any) -> Check:
+    return (lambda v: isinstance(v, type(choices[0])) and v in choices,
+            "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _default_check(default: Any) -> Optional[Check]:
+    """What an option without a declared check must be: its default's type."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "True or False"
+    if isinstance(default, numbers.Integral):
+        return (lambda v: _int(v)), "an integer"
+    if isinstance(default, numbers.Real):
+        return _real, "a finite number"
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    return None
+
+
+def check_options(options: Mapping[str, Any], methods: Optional[Sequence[str]] = None) -> None:
+    """Refuse, before any work, an option value a method taking it cannot use: ``ValueError``
+    ``"NAME must be WHAT (option of METHOD), got VALUE"``. Every registered method (or those
+    of ``methods``) that takes the option checks it (:attr:`Estimator.checks`, else its
+    default's type), so one set of options serves a whole comparison."""
+    for method in names() if methods is None else methods:
+        cls = _REGISTRY.get(method)
+        for key, value in options.items():
+            if key not in cls.options:
+                continue
+            check = cls.checks.get(key) or _default_check(cls.options[key])
+            if check is not None and not check[0](value):
+                raise ValueError(f"{key} must be {check[1]} (option of {method}), got {value!r}")
+
+
 # Importing the built-in estimators registers them, in this order.
 from inference.estimators import elbo, is_guide, is_prior, exact, ais, bdmc, smc  # noqa: E402,F401
+from inference.estimators import laplace, harmonic_mean  # noqa: E402,F401
+from inference.estimators import bridge, chib  # noqa: E402,F401
+from inference.estimators import nested, stepping_stone  # noqa: E402,F401

@@ -20,9 +20,11 @@ evaluations of ``log p(x, z)``, ``log s(z)`` and their gradient per datapoint.
 Options: ``temperatures`` (T, or the list of betas), ``schedule`` (``"sigmoid"`` [2] or
 ``"linear"``), ``start`` (``"guide"`` or ``"prior"``), ``leapfrog_steps``, ``step_size`` (the
 initial one, then adapted per temperature and datapoint towards ``target_accept``), ``jit``
-(``True``: each chunk's densities compiled by ``torch.jit.trace``, checked against the eager
-ones; ``diagnostics["jit_chunks"]`` counts the chunks that ran compiled; see
-:mod:`inference.path`).
+(default ``True``: each chunk's potential runs as a compiled graph, recorded once per chunk
+shape and checked against the eager potential before each chunk uses it, the same numbers as
+eager; ``False``: eager throughout; :mod:`inference.compiled_path`). ``diagnostics`` count the
+chunks that ran compiled (``jit_chunks``) and those that fell back to eager
+(``jit_fallbacks``, with ``jit_fallback_reason``).
 
 References
 
@@ -39,8 +41,9 @@ from typing import Any, Dict
 import pyro
 import torch
 
-from inference.annealing import (OPTIONS, Path, anneal, check_options, check_target, chunks,
-                                 fields, schedule)
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_options, check_target,
+                                 chunks, fields, schedule)
+from inference.compiled_path import Graphs
 from inference.estimators import Estimator, Problem, register
 from inference.weights import WeightStats
 
@@ -50,6 +53,8 @@ class AIS(Estimator):
     name = "ais"
     summary = "annealed importance sampling, start -> posterior with HMC: a lower bound tight in T"
     options = dict(OPTIONS)
+    checks = CHECKS
+    unbiased = True
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return num_samples * annealing_cost({**OPTIONS, **options})
@@ -60,13 +65,13 @@ class AIS(Estimator):
         betas = schedule(o["temperatures"], o["schedule"])
         check_target(problem, o["start"])
         plan_, (kc, bc) = chunks(problem, o["start"])
-        stats, acc, weight, compiled = [], 0.0, 0, 0
+        stats, acc, weight = [], 0.0, 0
+        graphs = Graphs() if o["jit"] else None
         with pyro.validation_enabled(False):
             for idx, counts in plan_:
                 st = WeightStats(problem.num_samples)
                 for count in counts:
-                    path = Path(problem, o["start"], count, idx, jit=bool(o["jit"]))
-                    compiled += path.compiled
+                    path = Path(problem, o["start"], count, idx, graphs)
                     log_w, a = anneal(path, betas, path.pack(path.initial), o["leapfrog_steps"],
                                       o["step_size"], o["target_accept"])
                     st.update(log_w)
@@ -74,7 +79,7 @@ class AIS(Estimator):
                 stats.append(st)
         diag = acceptance(acc, weight)
         diag.update(temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc,
-                    jit_chunks=compiled)
+                    **jit_diagnostics(graphs))
         return fields(stats, problem, diagnostics=diag)
 
 
@@ -83,6 +88,12 @@ def annealing_cost(o: Dict[str, Any]) -> int:
     transitions plus its leapfrog steps, and the first one."""
     T = len(schedule(o["temperatures"], o["schedule"])) - 1
     return 1 + (T - 1) * (int(o["leapfrog_steps"]) + 1)
+
+
+def jit_diagnostics(graphs) -> Dict[str, Any]:
+    """What ran compiled (:meth:`inference.compiled_path.Graphs.diagnostics`); ``jit_chunks = 0``
+    with ``jit=False``."""
+    return graphs.diagnostics() if graphs is not None else dict(jit_chunks=0)
 
 
 def acceptance(total, weight) -> Dict[str, Any]:

@@ -37,10 +37,11 @@ from typing import Any, Dict, Optional
 import pyro
 import torch
 
-from inference.annealing import (OPTIONS, Path, anneal, check_target, check_options, chunks,
-                                 fields, schedule)
+from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_target, check_options,
+                                 chunks, fields, schedule)
+from inference.compiled_path import Graphs
 from inference.estimators import Estimator, NotApplicable, Problem, register
-from inference.estimators.ais import acceptance, annealing_cost
+from inference.estimators.ais import acceptance, annealing_cost, jit_diagnostics
 from inference.weights import WeightStats
 
 
@@ -49,6 +50,8 @@ class BDMC(Estimator):
     name = "bdmc"
     summary = "forward and reverse AIS on simulated data: a sandwich lower <= log p(x) <= upper"
     options = dict(OPTIONS, latents=None)
+    checks = CHECKS
+    unbiased = True  # its value is the forward AIS bound
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return 2 * num_samples * annealing_cost({**OPTIONS, **options})
@@ -66,11 +69,12 @@ class BDMC(Estimator):
         plan_, (kc, bc) = chunks(problem, o["start"])
         K = problem.num_samples
         fwd, rev, acc_f, acc_r, weight = [], [], 0.0, 0.0, 0
+        graphs = Graphs() if o["jit"] else None
         with pyro.validation_enabled(False):
             for idx, counts in plan_:
                 sf, sr = WeightStats(K), WeightStats(K)
                 for count in counts:
-                    path = Path(problem, o["start"], count, idx, jit=bool(o["jit"]))
+                    path = Path(problem, o["start"], count, idx, graphs)
                     args = (o["leapfrog_steps"], o["step_size"], o["target_accept"])
                     log_w, a = anneal(path, betas, path.pack(path.initial), *args)
                     sf.update(log_w)
@@ -89,7 +93,8 @@ class BDMC(Estimator):
                     gap=upper["log_evidence"] - lower["log_evidence"],
                     lower_stderr=lower["stderr"], upper_stderr=upper["stderr"],
                     bias=lower["diagnostics"]["bias"], upper_bias=upper["diagnostics"]["bias"],
-                    temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc)
+                    temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc,
+                    **jit_diagnostics(graphs))
         if problem.local:
             diag.update(upper_per_datapoint=upper["per_datapoint"],
                         gap_per_datapoint=upper["per_datapoint"] - lower["per_datapoint"])

@@ -43,7 +43,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 
-from inference.estimators import Estimator, NotApplicable, Problem, register
+from inference.estimators import Estimator, NotApplicable, Problem, integer, register
 from inference.replay import in_plate, log_weights, sample_sites
 from inference.plates import trace_on
 from inference.scope import first
@@ -67,6 +67,7 @@ class Exact(Estimator):
     reference = True
     weighted = False
     options = {"quadrature_points": 64}
+    checks = {"quadrature_points": integer(1)}
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the reference, drawn as the zero line

@@ -3,10 +3,12 @@
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
-              [--loss trace|meanfield|traceenum] [--kl-weight BETA]
+              [--loss trace|meanfield|traceenum] [--kl-weight BETA] [--no-compile]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
-    ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean]
+    ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
+    ppzoo bench --out DIR [--quick] [--target NAME ...] [--method M ...] [--resume]
+    ppzoo calibrate --out DIR [--quick] [--target NAME ...] [--method M ...] [--seeds N] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
@@ -16,13 +18,16 @@ Every check that can fail (model, method, options and their types, settings, dat
 output directory, saved state) runs before any long work and ends the command with one line on
 stderr and exit status 2, writing nothing. An unexpected error prints one line naming the file
 that holds its traceback (exit status 1; ``--debug`` raises it instead). A command holds an
-exclusive lock on the folder it writes to. Ctrl-C keeps what is finished (exit status 130);
+exclusive lock on the folder it writes to, and never writes over a file a run owns or reads
+(``sample`` replaces another existing file only with ``--force``). Ctrl-C keeps what is
+finished (exit status 130; before the libraries have loaded it ends the command at once);
 ``compare --resume`` continues from it, ``fit --resume`` continues a fit from its last
 checkpoint, and ``estimate`` run again appends only the rows ``estimates.csv`` lacks.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``fit`` and ``estimate`` run data-parallel, and rank 0
-alone writes the folder (:mod:`inference.distributed`).
+alone writes the folder (:mod:`inference.distributed`); a refusal on any rank ends every rank
+with exit status 2 and one line (:func:`zoo.app.jobs.refusal`).
 
-(About 440 lines: one parser and one short function per command; the work they call lives in
+(About 490 lines: one parser and one short function per command; the work they call lives in
 :mod:`zoo.app.jobs`, :mod:`zoo.app.report` and :mod:`zoo.app.heldout`.)
 """
 
@@ -112,11 +117,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         subset=args.subset, scope=None, estimate_options={},
     )
     jobs.check_fit_settings(job, args.seed)
-    world = jobs.join(args.device)
     entry = jobs.make_entry(args.model, job.options)
     jobs.check_loss(job, entry)
     data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
+    jobs.check_torchrun_fit(job, len(data[0]))
+    world = jobs.join(args.device)  # under torchrun: every rank's checks passed
+    created = jobs.new_folders(args.out)
     out = jobs.on_rank0(lambda: jobs.prepare_out(
         args.out, marker=jobs.CONFIG_FILE, resume=args.resume,
         stale=lambda out: not jobs.fit_started(out)), world)
@@ -130,9 +137,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
             return 0
         if (out / jobs.CHECKPOINT_FILE).is_file():
             _echo(f"continuing from {out / jobs.CHECKPOINT_FILE}")
-    jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
-                   device=args.device, progress=_progress(args), echo=_echo,
-                   distributed=world.size > 1)
+    jobs.agreed()  # under torchrun: every rank's resume checks passed
+    kept = (out / jobs.CONFIG_FILE).exists()
+    try:
+        jobs.fit_entry(entry, data, job, out, data_path=data_path, seed=args.seed,
+                       device=args.device, progress=_progress(args), echo=_echo,
+                       distributed=world.size > 1, compile=not args.no_compile)
+    except BaseException:  # stopped before its first checkpoint: leave the folder as it was
+        if world.writer:
+            jobs.discard_unstarted(out, created=created, kept_config=kept)
+        raise
     _echo(f"wrote {out}/config.json, state.pt, losses.csv, loss.png; next: {PROG} estimate {out}")
     return 0
 
@@ -151,23 +165,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     ks = args.K or [1, 10, 100, 1000]
     jobs.check_estimate_settings(ks, args.seeds)
     jobs.check_device(args.device)
-    world = jobs.join(args.device)
     folder = Path(args.dir)
-    if not folder.is_dir():
-        raise jobs.UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
-    config = jobs.read_config(folder)
-    jobs.check_models([config["model"]])
-    if not jobs.fit_finished(folder):
-        raise jobs.UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
-                              "finish it with ppzoo fit ... --resume")
-    entry = jobs.make_entry(config["model"], config["options"])
-    fitted = jobs.fitted_rows(
-        jobs.load_data(entry, config.get("data"), config.get("subset"), args.device), config)
-    jobs.check_saved(entry, folder, fitted)
+    config, entry, fitted = jobs.open_fit(folder, args.device)
     data, path, evaluator = fitted, folder / "estimates.csv", entry
     if args.data is not None:  # other data: checked first, its rows in a file of their own
         data = jobs.load_data(entry, _data_arg(args.data), None, args.device)
-        path = folder / f"estimates-{Path(args.data).stem}-{jobs.data_hash(data)[:8]}.csv"
+        jobs.check_new_data(data, fitted, args.data)
+        stem = os.fsencode(Path(args.data).stem)[:64].decode(errors="ignore")  # a short name
+        path = folder / f"estimates-{stem}-{jobs.data_hash(data)[:8]}.csv"
+    world = jobs.join(args.device)  # under torchrun: every rank's checks passed
     jobs.on_rank0(lambda: jobs.lock_folder(folder), world)
     table = jobs.Rows(path, key=("method", "K", "seed"))
     done = table.done()
@@ -226,18 +232,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from inference.io import write_with
     from zoo.app import jobs
 
-    if args.n < 1:
-        raise jobs.UsageError(f"-n must be a positive integer, got {args.n}")
-    out = Path(args.out)
-    if out.suffix not in (".csv", ".npz"):
-        raise jobs.UsageError(f"--out {out}: name a .csv or .npz file")
+    jobs.check_sample_settings(args.n, args.seed)
     folder = Path(args.dir)
-    config = jobs.read_config(folder)
-    jobs.check_models([config["model"]])
-    if not (folder / "state.pt").is_file():
-        raise jobs.UsageError(f"{folder} holds no state.pt: the fit did not finish; rerun ppzoo fit")
-    entry = jobs.make_entry(config["model"], config["options"])
-    inference.load_fit(entry, folder)
+    config, entry, fitted = jobs.open_fit(folder)
+    out = jobs.check_sample_out(args.out, folder, config, force=args.force)
+    jobs.check_draws(args.n, fitted)
+    inference.load_fit(entry, folder, data=fitted)
     draws = [t.detach().cpu().numpy() for t in entry.sample(args.n, seed=args.seed, mean=args.mean)]
     names = ["x"] if len(draws) == 1 else ["X", "y"] if len(draws) == 2 else \
         [f"data{i}" for i in range(len(draws))]
@@ -268,6 +268,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from zoo.app import bench
+
+    plan = bench.prepare(args.target, args.method, args.out, quick=args.quick,
+                         device=args.device, resume=args.resume)
+    bench.run(plan, progress=_progress(args), echo=_echo)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from zoo.app import calibrate
+
+    plan = calibrate.prepare(args.target, args.method, args.out, quick=args.quick,
+                             seeds=args.seeds, device=args.device, resume=args.resume)
+    calibrate.run(plan, echo=_echo)
+    return 0
+
+
 def _fit_interrupted(out: str) -> str:
     from zoo.app.jobs import CHECKPOINT_FILE
 
@@ -286,7 +304,25 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line (like every other ppzoo error)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}; see {self.prog} --help\n")
+        _refuse(f"{message}; see {self.prog} --help")
+        self.exit(EXIT_USAGE)
+
+
+def _refuse(line: str, heard: bool = False) -> None:
+    """A refused command's one line on stderr. Under ``torchrun`` the ranks first hear each
+    other's (none waits for one that stopped; :func:`zoo.app.jobs.refusal`) and local rank 0
+    alone prints it: once per machine."""
+    try:
+        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        torchrun = False
+    if torchrun:
+        from zoo.app.jobs import refusal
+
+        line = refusal(line, heard)
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+    print(f"{PROG}: error: {line}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0)")
     f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model constructor option, e.g. --option guide=gaussian K=4")
+    f.add_argument("--no-compile", action="store_true",
+                   help="take every SVI step eagerly (default: after the first, the compiled "
+                        "step where it applies, the same fit faster; the line after the fit "
+                        "says which ran and why)")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted fit in DIR from its last checkpoint (same "
                         "settings; checkpoints every 10%% of the steps, at least 50)")
@@ -351,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
     s.add_argument("--mean", action="store_true",
                    help="the likelihood's mean (e.g. pixel probabilities) instead of draws")
+    s.add_argument("--force", action="store_true",
+                   help="replace --out if it exists (never a file of a run folder, nor the "
+                        "data the run was fitted on)")
 
     c = sub.add_parser("compare", parents=[common],
                        help="fit every model and compare every estimator (the full report)")
@@ -362,21 +405,94 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true",
                    help="continue a previous run in DIR: skip fitted models and finished rows")
 
+    b = sub.add_parser("bench", parents=[common],
+                       help="every estimator on targets of known evidence: a leaderboard")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
+    b.add_argument("--quick", action="store_true",
+                   help="a quick look: K in (10, 100), 2 seeds, fewer temperatures, the pack "
+                        "and the zoo's fast references (a minute or two)")
+    b.add_argument("--target", action="append", default=[], metavar="NAME",
+                   help="a pack target (inference.pack.names()) or zoo:MODEL; repeat for "
+                        "several (default: all)")
+    b.add_argument("--method", action="append", default=[], metavar="M",
+                   help="a registered estimator; repeat for several (default: every one but "
+                        "the references)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: keep its rows, run the missing ones")
+
+    k = sub.add_parser("calibrate", parents=[common],
+                       help="how often each estimator's stderr covers a known truth")
+    k.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
+    k.add_argument("--quick", action="store_true",
+                   help="a quick look: 20 seeds, small K, few temperatures (a few minutes)")
+    k.add_argument("--target", action="append", default=[], metavar="NAME",
+                   help="a pack target (inference.pack.names()), zoo:fa or zoo:map_l2; repeat "
+                        "for several (default: all)")
+    k.add_argument("--method", action="append", default=[], metavar="M",
+                   help="a registered estimator; repeat for several (default: every one but "
+                        "the references)")
+    k.add_argument("--seeds", type=int, metavar="N",
+                   help="estimates per target and method, and simulated data sets of the "
+                        "Bayes-factor SBC (default 100; 20 with --quick)")
+    k.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: keep its rows, run the missing seeds")
+
     for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
-                     ("sample", cmd_sample), ("compare", cmd_compare)]:
+                     ("sample", cmd_sample), ("compare", cmd_compare), ("bench", cmd_bench),
+                     ("calibrate", cmd_calibrate)]:
         sub.choices[name].set_defaults(func=fn)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    starting = _interrupt_exits()  # first of all: Ctrl-C while the libraries load ends at once
+    try:
+        return _main(build_parser().parse_args(argv), starting)
+    finally:
+        _interrupt_raises(starting)
+
+
+def _interrupt_exits() -> Any:
+    """Until :func:`_interrupt_raises`, Ctrl-C ends the process at once, exit status 130 and
+    one line: a ``KeyboardInterrupt`` inside ``import torch`` leaves a half-initialised module
+    that crashes (a segfault) or prints a long traceback. Returns the handler to restore
+    (``None`` where nothing was changed: SIGINT ignored, or not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        return None
+
+    def exit_now(signum, frame):
+        os.write(2, f"\n{PROG}: interrupted while starting; nothing was done\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, exit_now)
+    return previous
+
+
+def _interrupt_raises(previous: Any) -> None:
+    """Ctrl-C raises ``KeyboardInterrupt`` again (or does what it did before :func:`main`)."""
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: argparse.Namespace, starting: Any) -> int:
     threads = None
     try:
         import torch
 
         from inference.state import StateError
-        from zoo.app.jobs import UsageError, locks_held, release_locks
+        from zoo.app.jobs import Agreed, UsageError, locks_held, release_locks
 
+        _interrupt_raises(starting)  # loaded: from here Ctrl-C keeps what is finished
         threads, held = torch.get_num_threads(), locks_held()
         try:
             if getattr(args, "threads", None) is not None:
@@ -385,7 +501,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 torch.set_num_threads(args.threads)
             return args.func(args)
         except (UsageError, StateError) as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            _refuse(str(e), heard=isinstance(e, Agreed))
             return EXIT_USAGE
         finally:
             release_locks(held)
@@ -403,6 +519,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         what = {
             "compare": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                        "--resume to continue",
+            "bench": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
+                     "--resume to continue",
+            "calibrate": f"finished results are kept in {getattr(args, 'out', '')}; rerun "
+                         "with --resume to continue",
             "fit": _fit_interrupted(getattr(args, "out", "")),
             "estimate": "finished estimates are kept in estimates.csv; rerun to continue",
         }.get(args.command, "")
@@ -411,9 +531,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT) or getattr(args, "debug", False):
             return _internal_error(args, e)
+        again = {"fit": "rerun the same command with --resume (it continues from its last "
+                        "checkpoint)",
+                 "compare": "rerun the same command with --resume (finished results are kept)",
+                 "estimate": "rerun the same command (finished rows are kept)",
+                 }.get(args.command, "rerun the same command")
         print(f"{PROG}: error: no space left on the device writing {e.filename or 'a file'}; "
-              "free some space, then rerun the same command with --resume (finished files "
-              "are kept)", file=sys.stderr)
+              f"free some space, then {again}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - a bug: one line and where the traceback is
         return _internal_error(args, e)

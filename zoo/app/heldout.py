@@ -55,6 +55,17 @@ def fitted_rows(data, config: Dict[str, Any]):
     return split_data(data, split["test_fraction"], split["seed"])[0]
 
 
+def check_new_data(data, fitted, path: str) -> None:
+    """Refuse new ``data`` (from ``path``) whose datapoints are not shaped like those the model
+    was fitted on (another number of features or pixels), before any work."""
+    want = [tuple(t.shape[1:]) for t in fitted]
+    have = [tuple(t.shape[1:]) for t in data]
+    if have != want:
+        raise UsageError(f"--data {path}: its datapoints have shape {have}, the fitted model's "
+                         f"{want} (another number of columns?); pass data with the columns the "
+                         "model was fitted on")
+
+
 def new_data_problem(entry, data) -> Optional[str]:
     """Why the fitted ``entry`` cannot evaluate data it was not fitted to (``None`` if it can):
     its guide keeps parameters per datapoint, and its class defines no

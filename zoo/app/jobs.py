@@ -19,10 +19,12 @@ from inference import distributed as parallel
 import zoo
 from inference.io import write_text, write_with
 from zoo.app.folders import (  # noqa: F401  (re-exported: the commands use them from here)
-    Rows, UsageError, lock_folder, locks_held, prepare_out, release_locks,
+    Rows, UsageError, check_out_file, check_path, check_run_files, check_size, lock_folder,
+    locks_held, prepare_out, prepare_run, release_locks, remove_leftovers,
 )
 from zoo.app.heldout import (  # noqa: F401  (re-exported, as above)
-    data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data, split_record,
+    check_new_data, data_hash, evaluation_entry, fitted_rows, new_data_problem, split_data,
+    split_record,
 )
 from zoo.base import Job
 
@@ -167,12 +169,48 @@ def check_estimate_settings(ks: Sequence[Any], seeds: Any) -> None:
         raise UsageError(f"--seeds must be an integer >= 1, got {seeds}")
 
 
+#: the largest config.json read (ppzoo writes about 1 kB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+#: the most numbers ``ppzoo sample`` draws in one command (400 MB as float32)
+MAX_SAMPLE_NUMBERS = 10**8
+
+
+def check_sample_settings(n: Any, seed: Any) -> None:
+    if not (_number(n, True) and n >= 1):
+        raise UsageError(f"-n must be a positive integer, got {n}")
+    if not (_number(seed, True) and 0 <= seed <= zoo.base.MAX_SEED):
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {seed}")
+
+
+def check_draws(n: int, fitted) -> None:
+    """Refuse ``-n`` draws that would not fit in memory (``MAX_SAMPLE_NUMBERS`` numbers)."""
+    import math
+
+    per = sum(math.prod(t.shape[1:]) for t in fitted)
+    if n * per > MAX_SAMPLE_NUMBERS:
+        raise UsageError(f"-n {n}: {n} draws of {per} numbers each are more than the "
+                         f"{MAX_SAMPLE_NUMBERS:.0e} numbers one command draws; ask for at most "
+                         f"{MAX_SAMPLE_NUMBERS // per} (and run it again with other seeds)")
+
+
+def check_sample_out(out: str, folder: Path, config: Dict[str, Any], force: bool) -> Path:
+    """``sample``'s ``--out``: never a file of the run (nor of the compare run holding it) or
+    the data it was fitted on; an existing file only with ``force``."""
+    owners = [folder] + ([folder.parent] if (folder.parent / RUN_FILE).is_file() else [])
+    data = config.get("data")
+    reads = [Path(data)] if data is not None and os.path.isabs(data) else []
+    return check_out_file(out, (".csv", ".npz"), force=force, owners=owners, reads=reads)
+
+
 def read_config(folder: os.PathLike) -> Dict[str, Any]:
     """``folder/config.json``, every field checked (:class:`UsageError` naming the field)."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UsageError(f"{folder} holds no {CONFIG_FILE}: not a fitted run; create one with "
                          "ppzoo fit MODEL --out DIR")
+    check_size(path, MAX_CONFIG_BYTES, "refit with ppzoo fit")
     try:
         config = json.loads(path.read_text())
         if not isinstance(config, dict):
@@ -209,14 +247,13 @@ def _config_problem(config: Dict[str, Any]) -> Optional[str]:
     from inference import estimators
 
     known = estimators.all_options()
-    for key, value in options.items():
+    for key in options:
         if key not in known:
             return f"unknown estimate option {key!r} (known: {', '.join(sorted(known))})"
-        default = estimators.get(known[key]).options[key]
-        integer = isinstance(default, int) and not isinstance(default, bool)
-        if isinstance(default, (int, float)) and not (_number(value, integer) and value >= 1):
-            kind = "an integer" if integer else "a finite number"
-            return f"estimate option {key} must be {kind} >= 1, got {value!r}"
+    try:
+        estimators.check_options(options)
+    except (TypeError, ValueError) as e:
+        return f"estimate option {e}"
     return None
 
 
@@ -264,9 +301,55 @@ def fit_started(folder: Path) -> bool:
     return (folder / CHECKPOINT_FILE).exists() or (folder / "state.pt").exists()
 
 
+def open_fit(folder: os.PathLike, device: str = "cpu"):
+    """The finished fit in ``folder``, for a command that reads it (``estimate``, ``sample``):
+    ``(config, entry, data)``, its config checked, the model built from it, the rows it was
+    fitted on, and its ``state.pt`` bound to all three (:func:`check_saved`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
+    check_run_files(folder)
+    config = read_config(folder)
+    check_models([config["model"]])
+    if not fit_finished(folder):
+        raise UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
+                         "finish it with ppzoo fit ... --resume")
+    entry = make_entry(config["model"], config["options"])
+    data = fitted_rows(load_data(entry, config.get("data"), config.get("subset"), device), config)
+    check_saved(entry, folder, data)
+    return config, entry, data
+
+
+def new_folders(path: os.PathLike) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (``None`` if it exists)."""
+    path, root = Path(path).absolute(), None
+    while not os.path.lexists(path):
+        path, root = path.parent, path
+    return root
+
+
+def discard_unstarted(folder: Path, *, created: Optional[Path], kept_config: bool) -> None:
+    """After a fit stopped before its first checkpoint (an error, Ctrl-C): leave the disk as
+    it was, without the config.json it wrote, nor the folders it made (``created``: the
+    outermost, from :func:`new_folders`)."""
+    if fit_started(folder):
+        return
+    if not kept_config:
+        (folder / CONFIG_FILE).unlink(missing_ok=True)
+    remove_leftovers(folder)
+    path = Path(folder).absolute()
+    while created is not None and path.is_relative_to(created):
+        try:
+            path.rmdir()
+        except OSError:  # something else is in it: keep it
+            return
+        path = path.parent
+
+
 def check_saved(entry, folder: Path, data) -> None:
     """Refuse (one line, before any work) a ``state.pt`` or ``checkpoint.pt`` in ``folder``
-    that is not ppzoo state, or belongs to another model, guide or data set."""
+    that is not ppzoo state, or belongs to another model (its name and options), guide or
+    data set (N and SHA-256): the one identity check of every command that reads a fit."""
     from inference import state as state_file
 
     target = inference.as_target(entry)
@@ -278,11 +361,70 @@ def check_saved(entry, folder: Path, data) -> None:
             state_file.check_params(saved, target, data, path)
 
 
-def join(device: str) -> parallel.World:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join its process group; this process's place."""
+class Agreed(UsageError):
+    """A refusal every ``torchrun`` rank has already heard (:func:`agreed`)."""
+
+
+def agreed() -> None:
+    """Under ``torchrun``: every rank's checks since the last agreement passed, else
+    :class:`Agreed` with the first rank's problem on every rank, so none goes on to wait for
+    a rank that stopped (:func:`inference.distributed.agree`); call it after the checks and
+    before any collective. A rank that fails its checks reports through :func:`refusal`."""
     if parallel.launched():
+        try:
+            problem = parallel.agree(None)
+        except ValueError as e:  # a bad PPZOO_DIST_TIMEOUT: every rank reads the same
+            raise Agreed(str(e)) from None
+        if problem:
+            raise Agreed(problem)
+
+
+def refusal(line: str, heard: bool = False) -> str:
+    """Under ``torchrun``, the line a refused command ends with on every rank: this rank's
+    ``line``, heard with every other rank's (:func:`inference.distributed.agree`) unless they
+    already were (``heard``); it is also written where ``torchrun``'s failure summary reads
+    it (``TORCHELASTIC_ERROR_FILE``), in place of "To enable traceback see ..."."""
+    import time
+
+    if not heard:
+        try:
+            line = parallel.agree(line) or line
+        except (ValueError, RuntimeError):
+            pass  # no one to agree with: this rank's own line
+    where = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if where:
+        text = f"ppzoo: error: {line}"
+        try:
+            Path(where).write_text(json.dumps({"message": {"message": text, "extraInfo": {
+                "py_callstack": text, "timestamp": str(int(time.time()))}}}))
+        except OSError:
+            pass
+    return line
+
+
+def join(device: str) -> parallel.World:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): once every rank's checks passed
+    (:func:`agreed`), join its process group; this process's place."""
+    if parallel.launched():
+        agreed()
         return parallel.setup(torch.device(device))[0]
     return parallel.World()
+
+
+def check_torchrun_fit(job: Job, n: int) -> None:
+    """What a fit under ``torchrun`` refuses (before anything is written): a global batch
+    smaller than the number of processes, and a KL weight (its loss columns are per process)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size < 2:
+        return
+    batch = min(job.batch_size or n, n)
+    if batch < size:
+        raise UsageError(f"a global batch of {batch} datapoints cannot be shared by {size} "
+                         f"processes; use --batch-size (and enough data) >= {size}")
+    if job.kl_weight != 1:
+        raise UsageError(f"--kl-weight {job.kl_weight:g} under torchrun: the KL weight's loss "
+                         "columns are not yet reduced across processes; fit in one process "
+                         "(without torchrun) or drop --kl-weight")
 
 
 def on_rank0(fn: Callable[[], Any], world: parallel.World) -> Any:
@@ -294,11 +436,12 @@ def on_rank0(fn: Callable[[], Any], world: parallel.World) -> Any:
 def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] = None,
               seed: int = 0, device: str = "cpu", progress: bool = False,
               echo: Callable[[str], None] = print, split: Optional[Dict[str, Any]] = None,
-              distributed: bool = False):
+              distributed: bool = False, compile: bool = True):  # noqa: A002
     """Fit ``entry`` with ``job``'s settings; write config.json, state.pt, losses.csv,
     loss.png under ``folder``. An existing ``folder/checkpoint.pt`` is continued. ``split``
     (:func:`split_record`): ``data`` is the training part of a split, recorded in the config.
-    With ``distributed``, one of ``torchrun``'s processes: rank 0 alone writes."""
+    With ``distributed``, one of ``torchrun``'s processes: rank 0 alone writes. ``compile``:
+    as :func:`inference.fit`'s (the same fit either way)."""
     from inference.plots import plot_losses
 
     world = parallel.world()
@@ -311,19 +454,23 @@ def fit_entry(entry, data, job: Job, folder: Path, *, data_path: Optional[str] =
                            num_particles=job.num_particles, loss=job.loss, kl_weight=job.kl_weight,
                            seed=seed, device=device, progress=progress,
                            checkpoint=folder / CHECKPOINT_FILE,
-                           checkpoint_every=max(50, job.steps // 10), distributed=distributed)
+                           checkpoint_every=max(50, job.steps // 10), distributed=distributed,
+                           compile=compile)
     final = float(result.losses["loss_per_datapoint"].tail(50).mean())
+    why = result.diagnostics["not_compiled"]
 
     def write():  # the other ranks wait for it: the run folder is finished when they return
         result.save(folder)
-        config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final)
+        config["fit"].update(seconds=round(result.seconds, 3), final_loss_per_datapoint=final,
+                             not_compiled=why)
         write_text(json.dumps(config, indent=2) + "\n", folder / CONFIG_FILE)
         save_figure(plot_losses(result.losses, title=f"{entry.name}: training curve"),
                     folder / "loss.png")
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
 
     on_rank0(write, world)
-    echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s, "
+    echo(f"{entry.name}: fitted {job.steps} steps in {result.seconds:.1f} s "
+         f"({'compiled' if why is None else 'eager: ' + why}), "
          f"-ELBO/datapoint {final:.4g} (mean of the last 50 steps) -> {folder}")
     return result
 

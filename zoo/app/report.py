@@ -43,7 +43,7 @@ from zoo.app import summary
 from zoo.app.jobs import (
     RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
     check_device, check_models, check_saved, fit_entry, fit_finished, job_for, job_methods,
-    evaluation_entry, load_data, make_entry, new_data_problem, prepare_out, save_figure, split_data, split_record,
+    evaluation_entry, load_data, make_entry, new_data_problem, prepare_run, save_figure, split_data, split_record,
 )
 
 # ---------------------------------------------------------------------------- compare job
@@ -71,11 +71,7 @@ def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = Fa
     device, output directory, model options and data. Raises :class:`UsageError`."""
     names = check_models(models)
     check_device(device)
-    out = prepare_out(out, marker=RUN_FILE, resume=resume)
-    run = summary.read_json(out / RUN_FILE)
-    if run is not None and bool(run.get("quick")) != quick:
-        flag = "with" if run.get("quick") else "without"
-        raise UsageError(f"{out} was run {flag} --quick; resume it {flag} --quick too")
+    out = prepare_run(out, marker=RUN_FILE, resume=resume, quick=quick)
     jobs = {n: job_for(n, quick) for n in names}
     entries = {n: make_entry(n, jobs[n].options) for n in names}
     data, test, unheld = {}, {}, {}

@@ -13,7 +13,6 @@ seeds is the honest error bar.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -26,6 +25,7 @@ from inference import estimators
 from inference.compare import summarise
 from inference.io import write_text
 from inference.weights import MIN_ESS
+from zoo.app.folders import read_json  # noqa: F401 (re-exported: the report reads it here)
 
 LEGEND = """\
 How to read the tables:
@@ -172,8 +172,9 @@ def heldout_lines(split: Optional[Dict[str, Any]], train: pd.DataFrame,
 
 def per_datapoint(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean ``per_datapoint`` over seeds, indexed by (method, K), in a column ``value``."""
-    if not len(rows):
-        return pd.DataFrame(columns=["value"])
+    if not len(rows):  # indexed like a full one, so that the train/test join has its keys
+        index = pd.MultiIndex.from_arrays([[], []], names=["method", "K"])
+        return pd.DataFrame({"value": pd.Series([], dtype=float, index=index)})
     return rows.groupby(["method", "K"])["per_datapoint"].mean().rename("value").to_frame()
 
 
@@ -257,11 +258,3 @@ def is_reference(method: str) -> bool:
 
 def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
-    """A JSON file's content, or ``None`` where it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
