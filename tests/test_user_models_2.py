@@ -154,17 +154,28 @@ def normal_means(x):
 
 def test_smc_follows_a_pilot_schedule_and_is_unbiased():
     """Temperatures and HMC step sizes chosen from the runs' own particles biased log Z low (50
-    latents, K = 300: -0.6 nats, z = -11 in the issue; here, 10 latents, K = 50: z from -2.9 to
-    +0.4 over six seeds, -1.35 on average): chosen by a pilot run instead, every run's Z is
-    unbiased, and the log-mean over runs is within Z stderr of the closed form
-    sum_n log N(x_n | 0, 1.25). Not yet a guard: at this seed the runs' own choices pass too,
-    and at 30 latents both can be 4-5 stderr off (issue 25 item 4 left open)."""
+    latents, K = 300: -0.6 nats, z = -11 in the issue). Chosen by a pilot run instead, each
+    run's Z is unbiased: on 5 latents with K = 4 particles (where the adaptive choice's bias is
+    largest) the log-mean of 16000 runs is within Z stderr of the closed form
+    sum_n log N(x_n | 0, 1.25) (the runs' own choices: -0.089 +- 0.016 at this seed, z = -5.7;
+    the pilot's: +0.007 +- 0.013)."""
+    x = torch.randn(5, generator=torch.Generator().manual_seed(1)) * math.sqrt(1.25)
+    est = inference.estimate((normal_means, no_latents), x, "smc", 4, scope="global",
+                             runs=16000, moves=1, seed=0)
+    close(est, float(local_exact(x).sum()))  # the same model: z_n ~ N(0, 1), x_n ~ N(z_n, 0.5)
+    temperatures = est.diagnostics["temperatures"]
+    assert est.diagnostics["stages"] == [len(temperatures)] * 16000 and temperatures[-1] == 1.0
+
+
+def test_smc_on_many_latents_is_right_within_its_stderr():
+    """10 latents, K = 50, 64 runs: within Z stderr of the closed form. (Not a guard of the
+    pilot: at this seed the runs' own choices pass too; at 30 latents both can be 4-5 stderr
+    off at some seeds, with the runs' log Z spread by 0.6-1.2 nats -- issue 25 item 4 is only
+    partly closed.)"""
     x = torch.randn(10, generator=torch.Generator().manual_seed(1)) * math.sqrt(1.25)
     est = inference.estimate((normal_means, no_latents), x, "smc", 50, scope="global", runs=64,
                              moves=2, seed=0)
-    close(est, float(local_exact(x).sum()))  # the same model: z_n ~ N(0, 1), x_n ~ N(z_n, 0.5)
-    temperatures = est.diagnostics["temperatures"]
-    assert est.diagnostics["stages"] == [len(temperatures)] * 64 and temperatures[-1] == 1.0
+    close(est, float(local_exact(x).sum()))
 
 
 # ---- 5. local scope: the log-means' bias adds up over datapoints ------------------------------
