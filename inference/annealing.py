@@ -25,8 +25,9 @@ from inference.estimators import NotApplicable, Problem, integer, number, one_of
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw, latents
 from inference.replay import NotEnumerable
-from inference.sampling import check_proposal
-from inference.weights import WeightStats, bytes_allocated, pareto_khat, plan_chunks
+from inference.sampling import check_finite, check_proposal
+from inference.weights import (WeightStats, bias_caveats, bytes_allocated, log_mean_bias,
+                               pareto_khat, plan_chunks)
 
 #: the options every annealing estimator shares, with their defaults
 OPTIONS = {"temperatures": 100, "schedule": "sigmoid", "start": "guide", "leapfrog_steps": 5,
@@ -128,15 +129,19 @@ def plan(problem: Problem, start: str, per_chain: float = 4.0) -> Tuple[int, int
 
 def fields(stats: List[WeightStats], problem: Problem, sign: float = 1.0,
            diagnostics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The :class:`inference.Estimate` fields of ``sign * log mean w`` per datapoint chunk."""
+    """The :class:`inference.Estimate` fields of ``sign * log mean w`` per datapoint chunk, with
+    the summed bias of the log-means (:func:`~inference.weights.log_mean_bias`)."""
     K = problem.num_samples
     value = sign * torch.cat([s.log_mean() for s in stats])
+    check_finite(problem, sign * value, "prior")
     err = torch.cat([s.is_stderr() for s in stats])
     ess = torch.cat([s.ess() for s in stats])
     khat = pareto_khat(torch.cat([s.top for s in stats], 1), K, problem.memory_budget)
-    out = dict(num_samples=K, log_evidence=float(value.sum()),
-               stderr=float(err.pow(2).sum().sqrt()), ess=float(ess.mean()),
-               khat=float(khat.max()), diagnostics=dict(diagnostics or {}))
+    bias = log_mean_bias(err, sign)
+    stderr = float(err.pow(2).sum().sqrt())
+    out = dict(num_samples=K, log_evidence=float(value.sum()), stderr=stderr,
+               ess=float(ess.mean()), khat=float(khat.max()),
+               diagnostics=dict(diagnostics or {}, bias=bias), caveats=bias_caveats(bias, stderr))
     if problem.local:
         out.update(per_datapoint=value, stderr_per_datapoint=err, ess_per_datapoint=ess,
                    khat_per_datapoint=khat)

@@ -125,7 +125,10 @@ def resolve(tgt: Target, data: Data, *, own_subsampling: bool = False) -> Target
 
 def _access(tgt: Target, data: Data, plate: str) -> str:
     """``"index"`` if the model indexes its data with the plate's indices, else ``"whole"``."""
-    idx = torch.arange(min(num_datapoints(data), 2), device=data[0].device)
+    # a proper subset of the datapoints (of two, one): on all of them a model using its data
+    # whole would look indexed
+    n = num_datapoints(data)
+    idx = torch.arange(min(max(n - 1, 1), 2), device=data[0].device)
     try:
         with poutine.block(), torch.no_grad(), pyro.validation_enabled(False):
             tr = poutine.trace(subsampled(tgt.model, SubsampleAt(plate, idx))).get_trace(*data)
@@ -140,6 +143,55 @@ def _access(tgt: Target, data: Data, plate: str) -> str:
             if frame.name == plate and value.dim() >= -at and value.shape[at] not in (1, len(idx)):
                 return "whole"
     return "index"
+
+
+def first(data: Data, n: int = 2) -> torch.Tensor:
+    """Indices of the first ``n`` datapoints (fewer if there are fewer)."""
+    return torch.arange(min(num_datapoints(data), n), device=data[0].device)
+
+
+def check_sliced(tr, tgt: Target, count: int) -> None:
+    """Refuse a model that uses its data whole (``data_access="whole"``) but, run on ``count``
+    of its datapoints passed as slices (``tr``, a trace of it), still observes more rows: the
+    data reach it from outside its arguments, so no subset of datapoints can be chosen."""
+    from inference.replay import sample_sites
+
+    for name, site in sample_sites(tr):
+        if not site["is_observed"]:
+            continue
+        for frame in site["cond_indep_stack"]:
+            at = frame.dim - len(site["fn"].event_shape)
+            value = site["value"]
+            if frame.name == tgt.data_plate and value.dim() >= -at \
+                    and value.shape[at] not in (1, count):
+                raise ValueError(
+                    f"the model observes {name!r} on {value.shape[at]} rows when given {count} of "
+                    "its datapoints: data reaching the data plate from outside the model's data "
+                    "arguments (pyro.condition(model, data=...) over the full data, or kwargs=) "
+                    "cannot be minibatched or chunked; pass them as data, e.g. fit((model, "
+                    "guide), (X, y)) with def model(X, y): ... obs=y")
+
+
+def check_sliceable(tgt: Target, data: Data, trace=None) -> None:
+    """Refuse a model that uses its data whole but cannot run on its first datapoints passed as
+    slices (``trace``: such a trace if one was made), or observes more rows than it is given
+    (:func:`check_sliced`); nothing to check for a model that indexes its data."""
+    if tgt.data_access != "whole" or tgt.data_plate is None:
+        return
+    rows = first(data)
+    if trace is None:
+        try:
+            with poutine.block(), torch.no_grad():
+                trace = trace_on(tgt.model, tgt, data, rows)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"the model fails when given {len(rows)} of its datapoints as slices "
+                f"({str(err).splitlines()[0]}): a tensor it uses per datapoint reaches it from "
+                "outside its data arguments (captured from the enclosing scope, "
+                "pyro.condition(model, data=...) over the full data, or kwargs=), so no subset "
+                "of datapoints can be chosen; pass it as data, e.g. fit((model, guide), (X, y)) "
+                "with def model(X, y)") from None
+    check_sliced(trace, tgt, len(rows))
 
 
 def _autoguide_plates(tgt: Target) -> None:

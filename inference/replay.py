@@ -32,12 +32,16 @@ guide's log density is the sum over both, as in :class:`~pyro.infer.Trace_ELBO`.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
 
 from inference.plates import on_datapoints, vouch
@@ -69,11 +73,10 @@ def _site_log_density(site, *, local: bool, ndim: int, data_plate: Optional[str]
     lp = scale_and_mask(lp, site["scale"] if scaled and not local else 1.0, site["mask"])
     if not isinstance(lp, torch.Tensor):
         lp = torch.as_tensor(lp)
-    if lp.dim() > ndim:
-        raise ValueError(
-            f"site {site['name']!r} has batch shape {tuple(lp.shape)} with more dims than "
-            f"max_plate_nesting={ndim - 1} allows; declare its dims with pyro.plate or .to_event()"
-        )
+    stray = [(d, n) for d, n in _left_of_particles(lp.shape, ndim) if n > 1]
+    if stray:
+        raise ValueError(_stray_dims(site["name"], lp.shape, ndim))
+    lp = lp.reshape(lp.shape[max(0, lp.dim() - ndim):])
     lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
     keep = {0}
     if local:
@@ -83,12 +86,43 @@ def _site_log_density(site, *, local: bool, ndim: int, data_plate: Optional[str]
     return lp.reshape(lp.shape[0], -1) if local else lp.reshape(-1)
 
 
+def _left_of_particles(shape, ndim: int):
+    """``(dim, size)`` of a batch shape's dims left of the particle plate (dim ``-ndim``)."""
+    return [(d, shape[d]) for d in range(-len(shape), -ndim)]
+
+
+def _stray_dims(name: str, shape, ndim: int) -> str:
+    return (
+        f"site {name!r} has a log density of batch shape {tuple(shape)}, with dims left of the "
+        f"particle plate (dim {-ndim}) that no plate or enumeration declares: estimates "
+        "evaluate many particles at once in dims on the left, and this tensor code moved them "
+        "(w.unsqueeze, (X @ w.unsqueeze(-1)).squeeze(-1), einsum('nd,...d->...n'), "
+        "torch.stack over datapoints); write X @ w as (X * w).sum(-1) with w of shape "
+        "[..., 1, D], index and sum from the right, and declare other dims with pyro.plate or "
+        ".to_event()"
+    )
+
+
 def _vectorized(fn: Callable[..., Any], num: int, dim: int) -> Callable[..., Any]:
     def wrapped(*args: Any) -> Any:
         with pyro.plate(PARTICLES, num, dim=dim):
             return fn(*args)
 
     return wrapped
+
+
+def _prepared(target: Target, data, num_particles: int, dim: int, indices, fixed):
+    """``(model, guide, data)`` as every replay runs them: on the datapoints ``indices``, with
+    ``fixed`` held, under the particle plate at ``dim``."""
+    handler, data = on_datapoints(target, data, indices)
+    # params stop at the model and guide (their values unchanged): no handler here uses them,
+    # and each would otherwise pass through every handler below (pyro.module: one per weight)
+    model, guide = (poutine.block(fn, hide_types=["param"]) for fn in (target.model, target.guide))
+    if fixed:
+        model, guide = poutine.condition(model, fixed), poutine.condition(guide, fixed)
+    model = _vectorized(subsampled(model, handler), num_particles, dim)
+    guide = _vectorized(subsampled(guide, handler), num_particles, dim)
+    return model, guide, data
 
 
 def _check_local_site(name: str, site: Dict[str, Any], data_plate: Optional[str], where: str,
@@ -121,15 +155,20 @@ def _aux_of_fixed(name: str, fixed: Dict[str, Any]) -> bool:
 def _traced(fn, *data):
     try:
         return poutine.trace(fn).get_trace(*data)
-    except RuntimeError as err:
-        if "shape" not in str(err) and "dimension" not in str(err) and "size" not in str(err):
+    except (RuntimeError, ValueError) as err:
+        text = str(err)
+        if isinstance(err, ValueError) and "Shape mismatch inside plate" not in text:
+            raise
+        if not any(word in text.lower() for word in ("shape", "dimension", "size")):
             raise
         raise ValueError(
-            f"the model or guide failed under a particle plate ({err}); estimates evaluate many "
-            "particles at once, so tensor code must broadcast over extra dims on the left: "
-            "write X @ w as (X * w).sum(-1) with w of shape [..., 1, D], and index from the right "
-            "(x[..., i], .sum(-1))"
-        ) from err
+            f"the model or guide failed under a particle plate ({text.splitlines()[0]}); "
+            "estimates evaluate many particles at once, so tensor code must broadcast over "
+            "extra dims on the left: write X @ w as (X * w).sum(-1) with w of shape [..., 1, D], "
+            "index from the right (x[..., i], .sum(-1)), and sample per-component parameters "
+            "as one vector (dist.Normal(0, 10).expand([C]).to_event(1), not in a plate of "
+            "components) to pick them with Vindex(locs)[..., a]"
+        ) from None
 
 
 def log_weights(
@@ -160,15 +199,8 @@ def log_weights(
         the model and guide traces.
     """
     dim = -(max_plate_nesting + 1)
-    handler, data = on_datapoints(target, data, indices)
     ours = indices is not None and target.data_plate is not None
-    # params stop at the model and guide (their values unchanged): no handler here uses them,
-    # and each would otherwise pass through every handler below (pyro.module: one per weight)
-    model, guide = (poutine.block(fn, hide_types=["param"]) for fn in (target.model, target.guide))
-    if fixed:
-        model, guide = poutine.condition(model, fixed), poutine.condition(guide, fixed)
-    model = _vectorized(subsampled(model, handler), num_particles, dim)
-    guide = _vectorized(subsampled(guide, handler), num_particles, dim)
+    model, guide, data = _prepared(target, data, num_particles, dim, indices, fixed)
 
     guide_tr = None
     if proposal == "values":
@@ -193,13 +225,13 @@ def log_weights(
     def shared(site) -> bool:
         return split and in_plate(site, target.data_plate) is not None
 
-    summed = _summed_out(model_tr, target, local, ndim)
+    summed, enumerated = _summed_out(model_tr, target, local, ndim)
     if summed is not None:
         total, inside = (0.0, summed) if split else (summed, 0.0)
     for name, site in sample_sites(model_tr):
         if local and not _check_local_site(name, site, target.data_plate, "model"):
             continue
-        if summed is not None and _enumerated(site, ndim):
+        if name in enumerated:
             continue
         observed = site["is_observed"] or (proposal == "values" and name in values)
         if proposal == "prior" and not observed:
@@ -247,39 +279,68 @@ def _pair(total, inside) -> Tuple[torch.Tensor, torch.Tensor]:
     return (torch.zeros_like(inside) if not isinstance(total, torch.Tensor) else total), inside
 
 
-def _enumerated(site, ndim: int) -> bool:
-    """Whether a site's log density depends on enumerated values (dims left of the particles)."""
-    fn = site["fn"]
-    return max(len(fn.batch_shape), site["value"].dim() - len(fn.event_shape)) > ndim
+def _enum_sizes(trace) -> Dict[int, set]:
+    """``{dim: sizes}`` of the dims :func:`pyro.poutine.enum` gave the trace's enumerated
+    sites (a dim :func:`pyro.markov` recycles may serve several)."""
+    out: Dict[int, set] = {}
+    for _, site in sample_sites(trace):
+        d = site["infer"].get("_enumerate_dim")
+        if d is not None:
+            out.setdefault(d, set()).add(site["value"].shape[d])
+    return out
 
 
-def _summed_out(model_tr, target: Target, local: bool, ndim: int) -> Optional[torch.Tensor]:
+def _enumerated(site, ndim: int, enum: Dict[int, set]) -> bool:
+    """Whether a site's log density depends on enumerated values: dims left of the particles,
+    each one that :func:`pyro.poutine.enum` allocated (``enum``, :func:`_enum_sizes`); any
+    other dim there is tensor code that moved the particles, refused (:func:`_stray_dims`)."""
+    fn, value = site["fn"], site["value"]
+    shape = torch.broadcast_shapes(fn.batch_shape,
+                                   value.shape[: value.dim() - len(fn.event_shape)])
+    left = [(d, n) for d, n in _left_of_particles(shape, ndim) if n > 1]
+    if any(n not in enum.get(d, ()) for d, n in left):
+        raise ValueError(_stray_dims(site["name"], shape, ndim))
+    return bool(left)
+
+
+def _summed_out(model_tr, target: Target, local: bool, ndim: int):
     """The log density of the sites that depend on enumerated discrete latents, those latents
     summed out per datapoint (``[K, B]`` local, ``[K]`` global), as :class:`TraceEnum_ELBO`
-    does; ``None`` if nothing is enumerated. Every enumerated site must sit in the data plate,
-    in no other plate (then the sum factorises over datapoints)."""
-    sites = [(n, s) for n, s in sample_sites(model_tr) if _enumerated(s, ndim)]
+    does: by Pyro's tensor message passing (:func:`pyro.ops.contract.contract_to_tensor`) over
+    the trace's packed log densities, so that the dims :func:`pyro.markov` recycles (an HMM's
+    chain) are told apart, and plates nested in the data plate are product-contracted after
+    their sums; ``None`` if nothing is enumerated. Every enumerated site must sit in the data
+    plate (then the sum factorises over datapoints). Returns it and the names of the sites in
+    it."""
+    enum = _enum_sizes(model_tr)
+    sites = [(n, s) for n, s in sample_sites(model_tr) if _enumerated(s, ndim, enum)]
     if not sites:
-        return None
-    joint = 0.0
+        return None, set()
     for name, site in sites:
-        data_dim = in_plate(site, target.data_plate)
-        others = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLES
-                  and f.name != target.data_plate]
-        if data_dim is None or others:
+        if in_plate(site, target.data_plate) is None:
             raise NotEnumerable(
                 name,
-                f"site {name!r} depends on an enumerated latent outside the data plate or in a "
-                "nested plate: only per-datapoint discrete latents are summed out; give the guide "
-                "the discrete site, or use method='exact' for local discrete latents",
+                f"site {name!r} depends on an enumerated latent outside the data plate: only "
+                "per-datapoint discrete latents are summed out; give the guide the discrete site",
             )
+    model_tr.symbolize_dims()
+    symbol = model_tr.plate_to_symbol
+    kept = [symbol[PARTICLES]] + ([symbol[target.data_plate]] if local else [])
+    tree: "OrderedDict[frozenset, list]" = OrderedDict()
+    for name, site in sites:
         lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
-        dims = [d for d in range(-ndim + 1, 0) if d != data_dim and -d <= lp.dim()]
-        joint = joint + (lp.sum(dims, keepdim=True) if dims else lp)  # sum([]) would sum all
-    enum_dims = list(range(joint.dim() - ndim))
-    per = joint.logsumexp(enum_dims) if enum_dims else joint  # [K, 1.., B, 1..]
-    per = per.reshape(per.shape[0], -1)  # [K, B]
-    return per if local else per.sum(-1)
+        lp = packed.pack(lp, site["infer"]["_dim_to_symbol"])
+        ordinal = frozenset(symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+        tree.setdefault(ordinal, []).append(lp)
+    sizes = {symbol[f.name]: f.size for _, site in sites for f in site["cond_indep_stack"]
+             if f.vectorized}
+    for terms in tree.values():
+        for t in terms:
+            sizes.update(zip(t._pyro_dims, t.shape))
+    sum_dims = set(sizes) - set(symbol.values())
+    out = contract_to_tensor(tree, sum_dims, frozenset(kept), ring=LogRing(dim_to_size=sizes))
+    out = out.permute([out._pyro_dims.index(k) for k in kept])  # the particles first
+    return (out if local else out.reshape(-1)), {n for n, _ in sites}
 
 
 def guide_log_density(

@@ -19,24 +19,34 @@ import torch
 import pyro
 
 from inference import plates
+from inference.plates import first
 from inference.replay import in_plate, sample_sites
 from inference.target import Target, num_datapoints, unwrapped
 
 
-def first(data, n: int = 2) -> torch.Tensor:
-    """Indices of the first ``n`` datapoints (fewer if there are fewer)."""
-    return torch.arange(min(num_datapoints(data), n), device=data[0].device)
-
-
-def latent_sites(tgt: Target, data) -> Tuple[List[str], List[str]]:
+def latent_sites(tgt: Target, data, trace=None) -> Tuple[List[str], List[str]]:
     """Names of the model's latent sites inside (local) and outside (global) the data plate,
-    read off one prior trace on two datapoints."""
-    with poutine.block(), torch.no_grad():
-        tr = plates.trace_on(tgt.model, tgt, data, first(data) if tgt.data_plate else None)
+    read off one prior trace on two datapoints (``trace``, if given: :func:`first_trace`'s)."""
+    tr = first_trace(tgt, data)[0] if trace is None else trace
     local, glob = [], []
     for name, site in sample_sites(tr, latent_only=True):
         (local if in_plate(site, tgt.data_plate) is not None else glob).append(name)
     return local, glob
+
+
+def first_trace(tgt: Target, data):
+    """``(trace, sliced)``: a prior trace of the model on its first two datapoints (all of them
+    without a data plate), or, for a model using its data whole that fails on a slice of them,
+    on all of them (``sliced`` False)."""
+    try:
+        with poutine.block(), torch.no_grad():
+            idx = first(data) if tgt.data_plate else None
+            return plates.trace_on(tgt.model, tgt, data, idx), idx is not None
+    except (ValueError, RuntimeError):
+        if tgt.data_access != "whole":
+            raise
+    with poutine.block(), torch.no_grad():
+        return plates.trace_on(tgt.model, tgt, data, None), False
 
 
 def point_estimate(tgt: Target, data, names: List[str]) -> Dict[str, torch.Tensor]:
@@ -69,7 +79,8 @@ def resolve_scope(
 ) -> Tuple[str, Optional[Dict[str, torch.Tensor]]]:
     """``(scope, fixed)``: the scope asked for (or the default read off a trace), and in local
     scope the values the global latents are held at (``None`` when there are none)."""
-    local_names, global_names = latent_sites(tgt, data)
+    tr, sliced = first_trace(tgt, data)
+    local_names, global_names = latent_sites(tgt, data, tr)
     unknown = sorted(set(fixed or ()) - set(global_names))
     if unknown:
         raise ValueError(f"fixed={{...}} names {unknown}, not global latent sites of {tgt.name} "
@@ -84,6 +95,7 @@ def resolve_scope(
         return scope, None
     if tgt.data_plate is None:
         raise ValueError("per-datapoint estimates need a data plate; set data_plate on the Target")
+    plates.check_sliceable(tgt, data, tr if sliced else None)  # chunks are passed as slices
     if global_names and not local_names:
         raise ValueError(
             f"every latent of {tgt.name} ({', '.join(global_names)}) is global: log p(X) does not "

@@ -48,7 +48,7 @@ from inference.checkpoints import checkpoint as _checkpoint
 from inference.checkpoints import resume as _resume
 from inference.compiled import CompiledStep, why_not
 from inference.io import PathLike
-from inference.plates import ScaleToFull, on_datapoints, resolve
+from inference.plates import ScaleToFull, check_sliceable, on_datapoints, resolve
 from inference.target import (
     SubsampleAt,
     Target,
@@ -277,6 +277,8 @@ def fit(
     if batch_size is not None and tgt.data_plate is None:
         raise ValueError("batch_size needs a data plate over the datapoints (a pyro.plate of "
                          f"size {n}); the model has none")
+    if batch_size is not None:
+        check_sliceable(tgt, data)
     if batch_size is not None and tgt.data_access == "whole" and _per_datapoint_autoguide(tgt, data):
         raise ValueError(
             "the model uses its data whole (obs=x, not indexed by the plate) and the autoguide "

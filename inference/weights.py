@@ -18,6 +18,8 @@ References
 [2] Vehtari, Simpson, Gelman, Yao, Gabry (2024), Pareto Smoothed Importance Sampling, JMLR.
 [3] Zhang, Stephens (2009), A new and efficient estimation method for the generalized Pareto
     distribution, Technometrics.
+[4] Nowozin (2018), Debiasing evidence approximations: on importance-weighted autoencoders
+    and jackknife variational inference, ICLR.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ def stderr_caveats(khat: float, ess: float, num_samples: int) -> Tuple[str, ...]
     if not math.isnan(ess) and ess < MIN_ESS:
         out.append(f"ESS {ess:.3g} below {MIN_ESS:g}: too few effective samples for a stderr")
     return tuple(out)
+
+
+def log_mean_bias(stderr_per_term: torch.Tensor, sign: float = 1.0) -> float:
+    """The delta method's estimate of the bias of a sum of ``sign * log mean w`` over its terms
+    (datapoints in local scope; one term in global scope). Per term [4]
+
+        E[log mean w] - log E[w] ~ -Var(w) / (2 K E[w]^2) ~ -stderr^2 / 2
+
+    with ``stderr^2 = (K / ESS - 1) / (K - 1)``, the delta method's variance of the term. Each
+    term's bias is small, but they add up over N datapoints as ``N / K`` while the total's
+    standard error grows as ``sqrt(N / K)``: past ``stderr > 2`` nats in all, the bias is the
+    larger (:func:`bias_caveats`)."""
+    return float(-0.5 * sign * stderr_per_term.double().pow(2).nansum())
+
+
+def bias_caveats(bias: float, stderr: float) -> Tuple[str, ...]:
+    """A sentence when the summed bias (:func:`log_mean_bias`) exceeds the standard error."""
+    if not (math.isfinite(bias) and abs(bias) > stderr):
+        return ()
+    return (f"log mean w is biased by about {bias:+.3g} nats in all (delta method, summed over "
+            f"datapoints), more than the stderr {stderr:.3g}: raise K (the bias falls as 1/K, "
+            "the stderr as 1/sqrt(K)), or read log_evidence - diagnostics['bias']",)
 
 
 class WeightStats:

@@ -149,10 +149,13 @@ def test_smc_map_l2_global_within_three_stderr():
     X, y = X[:100], y[:100]
     inference.fit(entry, (X, y), steps=300, lr=0.05, progress=False)
     exact = float(entry.log_evidence(X, y))
-    est = inference.estimate(entry, (X, y), "smc", 64, seed=0, runs=8)
+    # runs from a pilot's schedule spread by ~0.5 nats in log Z: the delta-method stderr over
+    # 8 runs is itself too noisy to test against (seed 0: 4 stderr off; over 4 x 64 runs the
+    # estimate is within 1 stderr), 32 runs give it
+    est = inference.estimate(entry, (X, y), "smc", 64, seed=0, runs=32)
     assert est.scope == "global" and est.stderr > 0
     assert abs(est.log_evidence - exact) < 3 * est.stderr
-    assert len(est.diagnostics["runs"]) == 8 and min(est.diagnostics["stages"]) >= 2
+    assert len(est.diagnostics["runs"]) == 32 and min(est.diagnostics["stages"]) >= 2
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,7 @@ def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     inference.fit(entry, (x,), steps=50, lr=0.05, progress=False)
     with pytest.raises(inference.estimators.NotApplicable, match="start='prior'"):
         inference.estimate(entry, (x,), "smc", 8, start="guide")
-    est = inference.estimate(entry, (x,), "smc", 64, seed=0, runs=8, start="prior")
+    est = inference.estimate(entry, (x,), "smc", 64, seed=0, runs=16, start="prior")
     assert abs(est.log_evidence - brute) < 3 * math.hypot(est.stderr, brute_se)
     assert est.stderr < 0.1
 

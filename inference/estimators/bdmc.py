@@ -92,6 +92,7 @@ class BDMC(Estimator):
         diag.update(lower=lower["log_evidence"], upper=upper["log_evidence"],
                     gap=upper["log_evidence"] - lower["log_evidence"],
                     lower_stderr=lower["stderr"], upper_stderr=upper["stderr"],
+                    bias=lower["diagnostics"]["bias"], upper_bias=upper["diagnostics"]["bias"],
                     temperatures=len(betas) - 1, chunk_particles=kc, chunk_datapoints=bc,
                     **jit_diagnostics(graphs))
         if problem.local:

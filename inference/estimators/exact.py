@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -41,7 +42,6 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
-from pyro.distributions.util import scale_and_mask
 
 from inference.estimators import Estimator, NotApplicable, Problem, integer, register
 from inference.replay import in_plate, log_weights, sample_sites
@@ -100,7 +100,9 @@ def exact_estimate(tgt, data, scope, mpn, fixed, budget, points) -> Dict[str, An
     if not latents:  # nothing to integrate: log p(x_n) is the likelihood itself
         per, diag = _likelihood(tgt, data, mpn, fixed, budget), {}
     elif all(s["fn"].has_enumerate_support for s in latents):
-        per, diag = _enumerate(tgt, data, mpn, fixed), {}
+        # every latent enumerated and summed out inside the replay primitive's weights
+        enumerated = dataclasses.replace(tgt, model=config_enumerate(tgt.model, "parallel"))
+        per, diag = _likelihood(enumerated, data, mpn, fixed, budget), {}
     elif len(latents) == 1 and _latent_size(latents[0]) in (1, 2) and not _real(latents[0]):
         raise NotApplicable(
             f"quadrature integrates over a latent with real support; {latents[0]['name']!r} has "
@@ -138,7 +140,8 @@ def _local_fields(per: torch.Tensor, diag: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _likelihood(tgt, data, mpn, fixed, budget) -> torch.Tensor:
-    """``log p(x_n)`` of a model with no local latents, chunked over datapoints."""
+    """``log p(x_n)`` of a model with no local latents but those it enumerates, chunked over
+    datapoints."""
     def weights(start, count, idx):
         return log_weights(tgt, data, count, max_plate_nesting=mpn, proposal="prior",
                            indices=idx, fixed=fixed).double()
@@ -149,14 +152,17 @@ def _likelihood(tgt, data, mpn, fixed, budget) -> torch.Tensor:
 
 def _check_quadrature(tgt, per: torch.Tensor, diag: Dict[str, float]) -> None:
     """A reference is never returned when its own checks fail."""
-    checks = (diag["halved_grid_diff_max"], diag["boundary_mass_max"])
-    if torch.isfinite(per).all() and all(map(math.isfinite, checks)) and checks[0] <= CHECK_TOL:
+    checks = (diag["halved_grid_diff_max"], diag["far_field_halved_diff_max"],
+              diag["boundary_mass_max"])
+    if (torch.isfinite(per).all() and all(map(math.isfinite, checks))
+            and max(checks[:2]) <= CHECK_TOL):
         return
     raise ValueError(
         f"the quadrature reference for {tgt.name} failed its own checks (halving the grid changes "
-        f"a datapoint by {checks[0]:.3g} nats, outer-ring mass {checks[1]:.3g}, "
-        f"{int((~torch.isfinite(per)).sum())} non-finite datapoints): it is not returned; "
-        "raise quadrature_points, or fit a guide nearer the posterior (the grid starts there)"
+        f"a datapoint by {checks[0]:.3g} nats, halving the far field by {checks[1]:.3g}, "
+        f"outer-ring mass {checks[2]:.3g}, {int((~torch.isfinite(per)).sum())} non-finite "
+        "datapoints): it is not returned; raise quadrature_points, or fit a guide nearer the "
+        "posterior (the grid starts there)"
     )
 
 
@@ -170,24 +176,6 @@ def _real(site) -> bool:
 def _latent_size(site) -> int:
     shape = site["fn"].event_shape
     return int(shape.numel()) if len(shape) <= 1 else -1
-
-
-def _enumerate(tgt, data, mpn, fixed) -> torch.Tensor:
-    model = config_enumerate(poutine.condition(tgt.model, fixed) if fixed else tgt.model, "parallel")
-    tr = poutine.trace(poutine.enum(model, first_available_dim=-(mpn + 1))).get_trace(*data)
-    total = torch.zeros(())
-    for name, site in sample_sites(tr):
-        data_dim = in_plate(site, tgt.data_plate)
-        if data_dim is None:
-            continue  # fixed globals: constant per datapoint
-        if not site["is_observed"] and sum(f.vectorized for f in site["cond_indep_stack"]) > 1:
-            raise ValueError(f"enumerated site {name!r} sits in a plate nested in the data plate")
-        lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
-        others = [d for d in range(-mpn, 0) if d != data_dim and lp.dim() >= -d]
-        total = total.to(lp.device) + (lp.sum(others, keepdim=True) if others else lp)
-    total = total.reshape((1,) * max(0, mpn - total.dim()) + total.shape)
-    total = total.movedim(data_dim, -1)
-    return total.reshape(-1, total.shape[-1]).logsumexp(0).double()
 
 
 def _grid(points: int, dim: int, device) -> Tuple[torch.Tensor, float]:
@@ -207,7 +195,7 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     def sweep(grid, step, box, indices, moments=False, outside=None):
         """``log p(x_n)`` by the midpoint rule on ``z = centre + scale * u``, ``u`` on ``grid``,
         for the datapoints ``indices``. With ``outside`` (``(lo, hi)``, ``[n, dim]`` each), a
-        cell counts only its area outside that box. With ``moments``, the :class:`WeightStats`
+        cell counts only its area outside that box, and not at all if centred inside it. With ``moments``, the :class:`WeightStats`
         of ``[1 + 2 dim, B]`` columns per chunk: log weights, and the same plus
         ``j log(u + RADIUS + 1)`` (j = 1, 2; positive on the grid)."""
         centre, scale = box
@@ -226,7 +214,11 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
             else:
                 lo, hi = outside[0][idx], outside[1][idx]
                 inside = ((z + width / 2).minimum(hi) - (z - width / 2).maximum(lo)).clamp(min=0)
-                lw = lw + (width.prod(-1) - inside.prod(-1)).clamp(min=0).log()
+                area = (width.prod(-1) - inside.prod(-1)).clamp(min=0)
+                # a cell centred inside the box would count the box's density (a sharp peak
+                # there) over its area outside: left to the finer far grids of the refinement
+                area = torch.where(((z > lo) & (z < hi)).all(-1), 0.0, area)
+                lw = lw + area.log()
             if not moments:
                 return lw
             t = (u + RADIUS + 1).log().expand(-1, lw.shape[1], -1).movedim(-1, 1)  # [count, dim, B]
@@ -263,14 +255,6 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
         if not len(todo):
             break
     full, halved, ring = rule(points, box, everyone)
-    # The far field: a coarse grid over PRIOR_RADIUS prior sds, each cell counting its area
-    # outside the datapoint's local grid, for the mass the local grid does not reach (module
-    # docstring); none where the prior has no mean or sd.
-    far = None
-    if prior is not None:
-        local = (box[0] - box[1] * RADIUS, box[0] + box[1] * RADIUS)
-        far = sweep(grid, step, (prior[0], prior[1] * (PRIOR_RADIUS / RADIUS)), everyone,
-                    outside=local)
     # Datapoints whose grid is too coarse for their posterior get finer grids of their own.
     finest, todo = points, everyone[halved > REFINE_TOL]
     refined = len(todo)
@@ -278,14 +262,40 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
         finest *= 2
         full[todo], halved[todo], ring[todo] = rule(finest, box, todo)
         todo = todo[halved[todo] > REFINE_TOL]
+    # The far field: a coarse grid over PRIOR_RADIUS prior sds, each cell counting its area
+    # outside the datapoint's local grid, for the mass the local grid does not reach (module
+    # docstring); none where the prior has no mean or sd. A far cell as wide as the local
+    # grid, straddling a sharp peak, would count the peak's density over its area outside
+    # the grid: the far field is refined, like the local grid, until halving it no longer
+    # moves the total.
+    far, far_halved, far_points = None, torch.zeros_like(full), points
+    if prior is not None:
+        local = (box[0] - box[1] * RADIUS, box[0] + box[1] * RADIUS)
+        wide = (prior[0], prior[1] * (PRIOR_RADIUS / RADIUS))
+
+        def far_rule(points, indices):
+            """The far field on ``points`` per axis, and how much halving it moves the total."""
+            fine = sweep(*_grid(points, dim, dev), wide, indices, outside=local)
+            coarse = sweep(*_grid(max(points // 2, 2), dim, dev), wide, indices, outside=local)
+            near = full[indices]
+            return fine, (torch.logaddexp(near, fine) - torch.logaddexp(near, coarse)).abs()
+
+        far, far_halved = far_rule(points, everyone)
+        todo = everyone[far_halved > REFINE_TOL]
+        while len(todo) and far_points < REFINE_MAX * points:
+            far_points *= 2
+            far[todo], far_halved[todo] = far_rule(far_points, todo)
+            todo = todo[far_halved[todo] > REFINE_TOL]
     total = full if far is None else torch.logaddexp(full, far)
     return total, {
         "halved_grid_diff_max": float(halved.max()),
         "boundary_mass_max": float(ring.max()),
         "far_field_mass_max": math.nan if far is None else float((far - total).exp().max()),
+        "far_field_halved_diff_max": float(far_halved.max()),
         "recentring_passes": passes,
         "refined_datapoints": refined,
         "finest_points": finest,
+        "far_field_points": far_points,
     }
 
 

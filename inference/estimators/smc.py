@@ -13,19 +13,24 @@ K particles start at ``s`` (the guide, default, or the prior) and move along the
 4. every particle makes ``moves`` HMC transitions leaving ``f_beta'`` invariant
    (:mod:`inference.hmc`), the step size adapted per run towards ``target_accept``.
 
-With temperatures fixed in advance ``Z_hat = exp(log Z)`` would be unbiased for ``p(X)`` [1];
-chosen from the particles themselves (step 1) it is consistent but not unbiased [4]: on
-``normal-mean`` of :mod:`inference.pack` from the prior (K = 15, 20 runs, 300 seeds) the mean of
-``Z_hat / Z`` was ``exp(0.027 +- 0.009)``, so :attr:`unbiased` is False here (the bias is a
-tenth of the stderr; coverage holds, :func:`inference.calibrate`). ``runs`` independent runs
-(vectorized together) give the estimate ``log mean_r Z_hat_r`` and its standard error by the
-delta method across runs -- a standard deviation of a few runs' skewed ``Z_hat_r``: with the
-default 4 runs the engine's ESS rule never vouches for it (normal-mean, K = 30: |z| < 2 in 82
-of 100 seeds), with 10 it may under-cover, with 20 it covered (``ppzoo calibrate``,
-benchmarks/RESULTS.md). ``diagnostics`` holds every run's estimate, its number of stages and
-resamplings, and the HMC acceptance. Cost: ``runs x K x stages x moves x (leapfrog_steps + 1)``
-evaluations of ``log p(X, z)`` and its gradient. Global scope only (per-datapoint evidence:
-``ais``).
+The temperatures (step 1) and step sizes (step 4) are chosen once, by a pilot run whose
+estimate is discarded, and every run follows them. On a schedule fixed in advance
+``Z_hat = exp(log Z)`` is unbiased for ``p(X)`` [1]; chosen from a run's own particles it is
+consistent but not unbiased [4]: on ``normal-mean`` of :mod:`inference.pack` from the prior
+(K = 15, 20 runs, 300 seeds) the mean of ``Z_hat / Z`` was ``exp(0.027 +- 0.009)``, and on 50
+local latents in global scope (K = 300) ``log Z`` was 0.6 nats low, 11 stderr (issue 25).
+:attr:`unbiased` stays False: the resampling is still adaptive, and on 30 latents (K = 50 to
+200, 64 runs) the pilot's schedule was still 4-5 stderr low at some seeds, unexplained.
+``runs`` independent runs (vectorized together) give the estimate ``log mean_r Z_hat_r`` and
+its standard error by the delta method across runs -- a standard deviation of a few runs'
+skewed ``Z_hat_r``: with the default 4 runs the engine's ESS rule never vouches for it
+(normal-mean, K = 30: |z| < 2 in 82 of 100 seeds), with 10 it may under-cover, with 20 it
+covered (``ppzoo calibrate``, benchmarks/RESULTS.md); map_l2 (below) spreads by 0.5 nats in
+``log Z``, and 8 runs were 4 stderr off where 32 were within one. ``diagnostics`` holds every
+run's estimate, the pilot's temperatures, the resamplings, the HMC acceptance and the summed
+bias of ``log mean`` (:func:`~inference.weights.log_mean_bias`). Cost:
+``(runs + 1) x K x stages x moves x (leapfrog_steps + 1)`` evaluations of ``log p(X, z)`` and
+its gradient. Global scope only (per-datapoint evidence: ``ais``).
 
 The start is the prior by default: the conditional ESS only sees where the particles are, so
 from a guide narrower than the posterior it takes too few stages (map_l2 on 100 diabetes
@@ -47,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import pyro
 import torch
@@ -57,7 +62,8 @@ from inference.compiled_path import Graphs, frozen
 from inference.estimators import Estimator, NotApplicable, Problem, integer, number, register
 from inference.estimators.ais import jit_diagnostics
 from inference.hmc import transition
-from inference.weights import WeightStats
+from inference.sampling import check_finite
+from inference.weights import WeightStats, bias_caveats, log_mean_bias
 
 MAX_STAGES = 2000
 
@@ -70,7 +76,7 @@ class SMC(Estimator):
                    resample_threshold=0.5)
     checks = dict(CHECKS, runs=integer(1), moves=integer(1), ess_target=number(0, 1),
                   resample_threshold=number(0, 1, closed="high"))
-    unbiased = False  # adaptive temperatures: consistent, not unbiased (module docstring)
+    unbiased = False  # adaptive resampling; see the module docstring
 
     def evaluations(self, num_samples: int, **options: Any) -> None:
         return None  # the number of stages is chosen as it runs
@@ -89,27 +95,48 @@ class SMC(Estimator):
         K, R = problem.num_samples, int(o["runs"])
         chunk, _ = plan(dataclasses.replace(problem, num_samples=R * K), o["start"])
         per_chunk = max(1, chunk // K)
-        log_z, stages, resampled, acc = [], [], [], []
+        log_z, resampled, acc = [], [], []
         graphs = Graphs() if o["jit"] else None
         with pyro.validation_enabled(False):
+            with frozen(problem.target.networks.values()):
+                # its choices, not its estimate (module docstring)
+                pilot = _smc(problem, 1, o, graphs)[-1]
             for first in range(0, R, per_chunk):
                 with frozen(problem.target.networks.values()):
-                    out = _smc(problem, min(per_chunk, R - first), o, graphs)
-                for store, value in zip((log_z, stages, resampled, acc), out):
+                    out = _smc(problem, min(per_chunk, R - first), o, graphs, pilot)
+                for store, value in zip((log_z, resampled, acc), out):
                     store.append(value)
         log_z = torch.cat(log_z).double()
         st = WeightStats(R)
         st.update(log_z.unsqueeze(-1))
-        return dict(num_samples=K, log_evidence=float(st.log_mean()), stderr=float(st.is_stderr()),
-                    ess=float(st.ess()), khat=math.nan,
-                    diagnostics=dict(runs=log_z.tolist(), stages=torch.cat(stages).tolist(),
+        check_finite(problem, st.log_mean(), "prior")
+        stderr = float(st.is_stderr())
+        bias = log_mean_bias(st.is_stderr())
+        return dict(num_samples=K, log_evidence=float(st.log_mean()), stderr=stderr,
+                    ess=float(st.ess()), khat=math.nan, caveats=bias_caveats(bias, stderr),
+                    diagnostics=dict(runs=log_z.tolist(), stages=[len(pilot.betas)] * R,
+                                     temperatures=pilot.betas,
                                      resamplings=torch.cat(resampled).tolist(),
-                                     acceptance_mean=float(torch.cat(acc).mean()),
+                                     acceptance_mean=float(torch.cat(acc).mean()), bias=bias,
                                      **jit_diagnostics(graphs)))
 
 
-def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None):
-    """``R`` runs of K particles each, vectorized: particle ``r * K + i``."""
+@dataclasses.dataclass
+class Schedule:
+    """The choices of an adaptive run, stage by stage: the temperature reached and the step
+    size of each HMC move."""
+
+    betas: List[float] = dataclasses.field(default_factory=list)
+    steps: List[List[float]] = dataclasses.field(default_factory=list)
+
+
+def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None,
+         fixed: Optional[Schedule] = None):
+    """``R`` runs of K particles each, vectorized (particle ``r * K + i``): adaptive (``fixed``
+    ``None``; its choices recorded when ``R == 1``) or following the :class:`Schedule`
+    ``fixed``; ``graphs``: the compiled densities (:mod:`inference.compiled_path`). Returns
+    ``log Z`` per run, resamplings per run, the mean acceptance of each move, and the schedule
+    followed."""
     K = problem.num_samples
     path = Path(problem, o["start"], R * K, None, graphs)
     x = path.pack(path.initial)
@@ -119,22 +146,24 @@ def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None):
     log_z = torch.zeros(R, dtype=torch.float64, device=dev)
     log_W = torch.full((R, K), -math.log(K), dtype=torch.float64, device=dev)
     step = torch.full((R,), float(o["step_size"]), dtype=dtype, device=dev)
-    stages = torch.zeros(R, dtype=torch.long)
     resampled = torch.zeros(R, dtype=torch.long)
-    accept = []
-    for _ in range(MAX_STAGES):
-        if (beta >= 1).all():
+    accept, record = [], Schedule()
+    for stage in range(MAX_STAGES if fixed is None else len(fixed.betas)):
+        if fixed is None and (beta >= 1).all():
             break
         d = diff.reshape(R, K).double()
         d = torch.where(torch.isfinite(d), d, torch.full_like(d, -math.inf))
-        delta = _next_increment(log_W, d, 1 - beta, o["ess_target"])
+        if fixed is None:
+            delta = _next_increment(log_W, d, 1 - beta, o["ess_target"])
+        else:
+            delta = fixed.betas[stage] - beta
         inc = log_W + delta.unsqueeze(-1) * d
         log_z = log_z + torch.where(delta > 0, inc.logsumexp(-1), torch.zeros_like(log_z))
         log_W = inc - inc.logsumexp(-1, keepdim=True)
-        stages += (delta > 0).long().cpu()
         beta = torch.where(delta >= 1 - beta, torch.ones_like(beta), beta + delta)
-        ess = torch.exp(-torch.logsumexp(2 * log_W, -1))
-        low = ess < o["resample_threshold"] * K
+        low = torch.exp(-torch.logsumexp(2 * log_W, -1)) < o["resample_threshold"] * K
+        record.betas.append(float(beta[0]))
+        record.steps.append([])
         if low.any():
             idx = _systematic(log_W, low)
             flat = (idx + K * torch.arange(R, device=dev).unsqueeze(-1)).reshape(-1)
@@ -144,16 +173,20 @@ def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None):
         b = beta.to(dtype).repeat_interleave(K).unsqueeze(-1)
         pot = path.potential(b)
         f, g, diff = pot(x)
-        for _ in range(int(o["moves"])):
+        for move in range(int(o["moves"])):
+            if fixed is not None:
+                step = torch.full_like(step, fixed.steps[stage][move])
+            record.steps[-1].append(float(step[0]))
             eps = step.repeat_interleave(K).unsqueeze(-1)
             x, f, g, diff, prob = transition(x, f, g, diff, pot, eps, int(o["leapfrog_steps"]))
             mean = prob.reshape(R, K).mean(-1)
             step = (step * torch.exp(2.0 * (mean - o["target_accept"]))).clamp(1e-4, 10.0)
             accept.append(mean.mean().reshape(1))
     else:
-        raise RuntimeError(f"smc did not reach temperature 1 in {MAX_STAGES} stages; lower "
-                           "ess_target or start from a better guide")
-    return log_z, stages, resampled, torch.cat(accept) if accept else torch.zeros(0)
+        if fixed is None:
+            raise RuntimeError(f"smc did not reach temperature 1 in {MAX_STAGES} stages; lower "
+                               "ess_target or start from a better guide")
+    return log_z, resampled, torch.cat(accept) if accept else torch.zeros(0), record
 
 
 def _next_increment(log_W, d, room, target: float, iters: int = 50) -> torch.Tensor:
