@@ -27,7 +27,7 @@ import pyro.poutine as poutine
 import torch
 
 from inference import distributed as parallel
-from inference.estimators import NotApplicable, Problem
+from inference.problem import NotApplicable, Problem
 from inference.plates import on_datapoints
 from inference.replay import PARTICLES, _traced, in_plate, log_weights, sample_sites
 from inference.target import num_datapoints, subsampled

@@ -43,7 +43,7 @@ from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.distributions.util import scale_and_mask
 
-from inference.estimators import Estimator, NotApplicable, Problem, integer, register
+from inference.problem import ChecksFailed, Estimator, NotApplicable, Problem, integer, register
 from inference.replay import in_plate, log_weights, sample_sites
 from inference.plates import trace_on
 from inference.scope import first
@@ -152,7 +152,7 @@ def _check_quadrature(tgt, per: torch.Tensor, diag: Dict[str, float]) -> None:
     checks = (diag["halved_grid_diff_max"], diag["boundary_mass_max"])
     if torch.isfinite(per).all() and all(map(math.isfinite, checks)) and checks[0] <= CHECK_TOL:
         return
-    raise ValueError(
+    raise ChecksFailed(
         f"the quadrature reference for {tgt.name} failed its own checks (halving the grid changes "
         f"a datapoint by {checks[0]:.3g} nats, outer-ring mass {checks[1]:.3g}, "
         f"{int((~torch.isfinite(per)).sum())} non-finite datapoints): it is not returned; "
@@ -181,7 +181,8 @@ def _enumerate(tgt, data, mpn, fixed) -> torch.Tensor:
         if data_dim is None:
             continue  # fixed globals: constant per datapoint
         if not site["is_observed"] and sum(f.vectorized for f in site["cond_indep_stack"]) > 1:
-            raise ValueError(f"enumerated site {name!r} sits in a plate nested in the data plate")
+            raise NotApplicable(f"enumerated site {name!r} sits in a plate nested in the data "
+                                "plate: enumeration sums one plate only; use method='is-guide'")
         lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
         others = [d for d in range(-mpn, 0) if d != data_dim and lp.dim() >= -d]
         total = total.to(lp.device) + (lp.sum(others, keepdim=True) if others else lp)
@@ -251,7 +252,7 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     prior = _site_moments(tgt.model, tgt, data, fixed, name, dim, scalar)
     start = guide or prior
     if start is None:
-        raise ValueError(f"quadrature over {name!r} needs the guide's or the prior's mean and sd "
+        raise NotApplicable(f"quadrature over {name!r} needs the guide's or the prior's mean and sd "
                          "of it, and neither distribution has them; use method='is-guide'")
     box, passes = (start[0].clone(), INFLATE * start[1]), 0  # the guide's mean, INFLATE sds a unit
     todo = everyone  # each pass sweeps only the grids the last one moved

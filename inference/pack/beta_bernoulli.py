@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 HEADS, TAILS = 50, 50
 

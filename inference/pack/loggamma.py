@@ -46,7 +46,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import SigmoidTransform
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 SCALE = 1.0 / 30
 
