@@ -88,7 +88,8 @@ class FitResult:
         terms ``recon`` (E_q[log p(x | z)]) and ``kl`` (E_q[log q(z) - log p(z)]), with
         ``recon - kl = -loss`` (see :mod:`inference.elbo_terms`); with a ``kl_weight`` other than
         1 also ``objective``, the minimised ``kl_weight * kl - recon``.
-    :ivar state: fitted Pyro params and network weights (see :func:`save_fit`).
+    :ivar state: the fitted Pyro params (unconstrained, with their constraints) and network
+        weights, a copy of its own whatever the param store holds later (see :func:`save_fit`).
     :ivar seconds: wall time of the optimisation.
     :ivar heldout: with ``fit(heldout=...)``: one row per evaluation, ``step`` (steps done),
         ``heldout_loss`` (negative ELBO of the held-out data) and its ``_per_datapoint``.
