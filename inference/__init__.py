@@ -6,6 +6,7 @@ target protocol's attributes (:mod:`inference.target`). The engine imports nothi
 the estimators live one per file in :mod:`inference.estimators`, found through its registry.
 """
 
+from inference.calibrate import Calibration, calibrate
 from inference.compare import compare, summarise
 from inference.estimate import METHODS, estimate, methods
 from inference.results import Estimate, FitResult
@@ -15,4 +16,5 @@ from inference.target import Target, as_target
 __all__ = [
     "Target", "as_target", "fit", "FitResult", "save_fit", "load_fit",
     "estimate", "Estimate", "METHODS", "methods", "compare", "summarise",
+    "calibrate", "Calibration",
 ]

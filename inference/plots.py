@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -190,6 +190,53 @@ def plot_cost(df: pd.DataFrame, options: Optional[dict] = None, title: Optional[
     a2.set(xscale="log", xlabel="evaluations of log p(x, z) per datapoint",
            ylabel="|estimate - exact| (nats)", title="error vs likelihood evaluations")
     a1.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(cals: Dict[str, Any], title: Optional[str] = None, clip: float = 6.0):
+    """One method's calibration on several targets (``{target: inference.Calibration}``):
+    the histogram of its z-scores (all targets together; vouched and not vouched stacked)
+    against the N(0, 1) density, |z| beyond ``clip`` counted at the edges (left); and the
+    coverage of ``|z| < 1, 2, 3`` against its nominal rate per target, over the vouched seeds,
+    with exact 95% intervals, on the diagonal where the stderr is right (right)."""
+    from inference.calibrate import LEVELS, nominal
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    zs = [(np.clip(c.z, -clip, clip), c.vouched) for c in cals.values()]
+    z = np.concatenate([v for v, _ in zs]) if zs else np.zeros(0)
+    ok = np.concatenate([w for _, w in zs]) if zs else np.zeros(0, bool)
+    finite = np.isfinite(z)
+    bins = np.linspace(-clip, clip, 49)
+    a1.hist([z[finite & ok], z[finite & ~ok]], bins=bins, stacked=True, density=False,
+            label=["vouched", "not vouched"], color=["C0", "0.7"])
+    grid = np.linspace(-clip, clip, 200)
+    width = bins[1] - bins[0]
+    a1.plot(grid, finite.sum() * width * np.exp(-grid**2 / 2) / math.sqrt(2 * math.pi), "k--",
+            lw=1.2, label="N(0, 1)")
+    a1.set(xlabel=f"z = (estimate - truth) / stderr (clipped at ±{clip:g})", ylabel="seeds",
+           title=f"z over {len(cals)} target(s), {int(finite.sum())} estimates")
+    if (~finite).any():
+        a1.annotate(f"{int((~finite).sum())} with no z (NaN stderr)", xy=(0.02, 0.95),
+                    xycoords="axes fraction", fontsize=8, va="top")
+    a1.legend(fontsize=8)
+    x = np.array([nominal(c) for c in LEVELS])
+    a2.plot([0.6, 1.0], [0.6, 1.0], "k:", lw=1)
+    for i, (name, c) in enumerate(cals.items()):
+        cov = c.coverages(vouched=True)
+        if cov[0].n == 0:
+            continue
+        rate = np.array([v.rate for v in cov])
+        err = np.array([[v.rate - v.low for v in cov], [v.high - v.rate for v in cov]])
+        a2.errorbar(x + 0.004 * (i - len(cals) / 2), rate, yerr=err, marker="o", capsize=2,
+                    lw=1, label=name)
+    a2.set(xlabel="nominal rate of |z| < 1, 2, 3", ylabel="observed (vouched seeds)",
+           title="coverage vs nominal", xlim=(0.6, 1.02), ylim=(0, 1.02))
+    a2.set_xticks(x, [f"{v:.3f}" for v in x])
+    if len(a2.get_legend_handles_labels()[0]):
+        a2.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

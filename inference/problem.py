@@ -80,6 +80,12 @@ class Estimator:
     :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
     :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
         ``laplace``): a benchmark runs it once per target.
+    :cvar unbiased: ``exp`` of its value is an unbiased estimate of ``p(x)`` (importance
+        sampling, AIS; not SMC with adaptive temperatures): over many seeds the mean of
+        ``Z_hat / Z`` must be 1 (:func:`inference.calibrate`).
+    :cvar consistent: its value converges to ``log p(x)`` as K grows, so its standard error is
+        meant to cover the truth; False for a bound whose gap K does not close (the ELBO:
+        its stderr is that of the bound), which calibration reports as not expected to cover.
     """
 
     name: ClassVar[str] = ""
@@ -90,6 +96,8 @@ class Estimator:
     checks: ClassVar[Mapping[str, "Check"]] = {}
     shardable: ClassVar[bool] = False
     deterministic: ClassVar[bool] = False
+    unbiased: ClassVar[bool] = False
+    consistent: ClassVar[bool] = True
 
     def evaluations(self, num_samples: int, **options: Any) -> Optional[float]:
         """Evaluations of ``log p(x, z)`` per datapoint (local) or of ``log p(X, z)`` (global)

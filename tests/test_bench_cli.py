@@ -23,23 +23,29 @@ COLUMNS = ["target", "method", "K", "seed", "estimate", "stderr", "truth", "erro
 FIGURES = {}
 
 
-@pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
+def run_checking_figures(module, args, figures):
+    """``run_main(args)`` with ``module.save_figure`` recording each figure's problems in
+    ``figures`` (path -> problems); asserts it succeeded and returns its stdout."""
     save = jobs.save_figure
 
     def checked(fig, path):
-        FIGURES[str(path)] = figure_problems(fig)
+        figures[str(path)] = figure_problems(fig)
         return save(fig, path)
 
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "save_figure", checked)
+        rc, stdout, stderr = run_main(args)
+    assert rc == 0, stderr
+    return stdout
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
     args = ["bench", "--quick", "--no-progress", "--out", out]
     args += [a for t in TARGETS + ["zoo:map_l2"] for a in ("--target", t)]
     args += [a for m in METHODS for a in ("--method", m)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench, "save_figure", checked)
-        rc, stdout, stderr = run_main(args)
-    assert rc == 0, stderr
-    return out, stdout, args
+    return out, run_checking_figures(bench, args, FIGURES), args
 
 
 def test_rows_against_the_truth(bench_run):

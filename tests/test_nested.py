@@ -17,6 +17,7 @@ from inference import pack
 from inference.estimators import nested
 import toy
 from conftest import cuda_or_skip
+from refusals import assert_refused_in_one_line
 
 
 def _within(est, truth, z=3.0):
@@ -147,26 +148,12 @@ def test_failed_insertion_test_is_a_caveat(monkeypatch):
 
 
 def test_refusals_are_one_line():
-    x = toy.local_data(5)
-    pair = (toy.global_model, toy.global_guide)
-    for options, message in [(dict(mcmc_steps=0), "mcmc_steps must be None or an integer >= 1"),
-                             (dict(mcmc_steps=2.5), "mcmc_steps must be None or an integer >= 1"),
-                             (dict(batch=1.0), r"batch must be a number in \(0, 1\)"),
-                             (dict(stop_fraction=0.0), r"stop_fraction must be a number in \(0, 1\)")]:
-        with pytest.raises(ValueError, match=message) as err:
-            inference.estimate(pair, (x,), "nested", 10, **options)
-        assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="needs K >= 2 live points"):
-        inference.estimate(pair, (x,), "nested", 1)
-
-    def coin(x):
-        p = pyro.sample("p", dist.Bernoulli(0.5))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(p, 1.0), obs=x)
-
-    with pytest.raises(ValueError, match="latent site 'p' is discrete") as err:
-        inference.estimate((coin, lambda x: None), (x,), "nested", 10)
-    assert "\n" not in str(err.value)
+    assert_refused_in_one_line("nested", [
+        (dict(mcmc_steps=0), "mcmc_steps must be None or an integer >= 1"),
+        (dict(mcmc_steps=2.5), "mcmc_steps must be None or an integer >= 1"),
+        (dict(batch=1.0), r"batch must be a number in \(0, 1\)"),
+        (dict(stop_fraction=0.0), r"stop_fraction must be a number in \(0, 1\)")],
+        too_few="needs K >= 2 live points")
 
 
 def test_on_cuda():

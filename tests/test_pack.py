@@ -24,7 +24,7 @@ def test_names_and_api():
     names = pack.names()
     assert {"beta-bernoulli-flat", "beta-bernoulli-30", "gaussian-shells",
             "gaussian-3d-correlated", "loggamma-5d", "loggamma-30d", "gaussian-32d",
-            "radiata-m1", "radiata-m2"} <= set(names)
+            "radiata-m1", "radiata-m2", "normal-mean", "normal-local"} <= set(names)
     for name in names:
         b = pack.get(name)
         assert b.name == name and b.summary and b.source and b.dims >= 1
@@ -90,6 +90,58 @@ def test_gaussian_32d_reference_and_model():
     cov = np.eye(n) + 1.0
     ref = sum(stats.multivariate_normal(np.zeros(n), cov).logpdf(y[:, j]) for j in range(d))
     assert d == t.dims == 32 and t.log_evidence == pytest.approx(ref, abs=1e-6)
+
+
+def test_conjugate_references_and_simulations_by_scipy():
+    """normal-mean: x ~ N(0, I + 1 1^T); normal-local: x_n ~ N(0, 1 + 0.5^2); the Beta-Bernoulli
+    pair: B(a + h, b + t) / B(a, b) -- for their own data and for data they simulate, whose
+    latents are the ones that drew them (checked through the model's own noise)."""
+    (x,) = pack.get("normal-mean").data()
+    n = len(x)
+    assert pack.get("normal-mean").log_evidence == pytest.approx(
+        stats.multivariate_normal(np.zeros(n), np.eye(n) + 1.0).logpdf(x.double().numpy()),
+        abs=1e-8)
+    (y,) = pack.get("normal-local").data()
+    assert pack.get("normal-local").log_evidence == pytest.approx(
+        stats.norm(0, math.sqrt(1.25)).logpdf(y.double().numpy()).sum(), abs=1e-8)
+    for name, a in [("beta-bernoulli-flat", 1.0), ("beta-bernoulli-30", 30.0)]:
+        b = pack.get(name)
+        sims = [b.simulate(s) for s in range(200)]
+        for sim in sims[:5]:
+            (flips,) = sim.data
+            h = float(flips.sum())
+            assert b.evidence(flips) == pytest.approx(
+                special.betaln(a + h, a + 100 - h) - special.betaln(a, a), abs=1e-9)
+        p = np.array([float(sim.latents["p"]) for sim in sims])
+        heads = np.array([float(sim.data[0].mean()) for sim in sims])
+        assert abs(p.mean() - 0.5) < 3 * math.sqrt(1 / (4 * (2 * a + 1)) / 200)  # Beta(a, a)
+        assert abs((heads - p).mean()) < 3 * math.sqrt(0.25 / 100 / 200)
+    for name, site, noise in [("normal-mean", "mu", 1.0), ("normal-local", "z", 0.5)]:
+        b = pack.get(name)
+        assert b.simulates and b.latents() is not None
+        sim = b.simulate(b.seed)
+        assert torch.equal(sim.data[0], b.data()[0])  # the data are the model's own draw
+        resid = (sim.data[0] - sim.latents[site]).double()
+        assert abs(float(resid.std()) - noise) < 3 * noise / math.sqrt(2 * len(resid))
+    assert pack.simulating() == ("beta-bernoulli-flat", "beta-bernoulli-30", "normal-mean",
+                                 "normal-local")
+    with pytest.raises(NotImplementedError, match="gaussian-32d cannot simulate data"):
+        pack.get("gaussian-32d").simulate(0)
+    assert pack.get("gaussian-32d").latents() is None
+
+
+def test_conjugate_guides_are_the_posterior_widened_and_never_fitted():
+    b = pack.get("normal-mean")
+    (x,) = b.data()
+    n = len(x)
+    tr = pyro.poutine.trace(b.target("conjugate").guide).get_trace(x)
+    d = tr.nodes["mu"]["fn"]
+    assert float(d.loc) == pytest.approx(float(x.sum()) / (n + 1), rel=1e-6)
+    assert float(d.scale) == pytest.approx(pack.WIDEN / math.sqrt(n + 1), rel=1e-6)
+    est = inference.estimate(b.target("conjugate"), b.data(), "is-guide", 10_000, seed=1)
+    assert est.vouched and abs(est.log_evidence - b.log_evidence) < Z * est.stderr
+    with pytest.raises(ValueError, match="'conjugate' has nothing to fit"):
+        b.fit(guide="conjugate")
 
 
 def _scipy_bumps(d):

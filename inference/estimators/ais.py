@@ -54,6 +54,7 @@ class AIS(Estimator):
     summary = "annealed importance sampling, start -> posterior with HMC: a lower bound tight in T"
     options = dict(OPTIONS)
     checks = CHECKS
+    unbiased = True
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return num_samples * annealing_cost({**OPTIONS, **options})

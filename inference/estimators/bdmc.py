@@ -51,6 +51,7 @@ class BDMC(Estimator):
     summary = "forward and reverse AIS on simulated data: a sandwich lower <= log p(x) <= upper"
     options = dict(OPTIONS, latents=None)
     checks = CHECKS
+    unbiased = True  # its value is the forward AIS bound
 
     def evaluations(self, num_samples: int, **options: Any) -> float:
         return 2 * num_samples * annealing_cost({**OPTIONS, **options})

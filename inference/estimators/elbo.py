@@ -25,6 +25,7 @@ class ELBO(Estimator):
     name = "elbo"
     summary = "mean of log w over K guide draws: the ELBO Trace_ELBO optimises (a lower bound)"
     weighted = False
+    consistent = False  # E_q[log w] <= log p(x) at every K
     shardable = True
 
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:

@@ -38,6 +38,7 @@ class GuideImportance(Estimator):
     name = "is-guide"
     summary = "log mean of w over K guide draws: the IWAE bound, rising with K to log p(x)"
     shardable = True
+    unbiased = True
 
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         symmetric = not problem.local and bool(problem.target.symmetries)

@@ -24,6 +24,7 @@ class PriorImportance(Estimator):
     name = "is-prior"
     summary = "log mean of p(x | z) over K prior draws (unbiased in p; fails in high dimension)"
     shardable = True
+    unbiased = True
 
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         return sampled(problem, "prior", "log_mean")

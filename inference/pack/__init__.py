@@ -33,14 +33,24 @@ and import the file (the pack's own files are imported at the bottom of this one
         def reference(self):
             return float(torch.lgamma(...) ...)   # the true log Z of data()
 
+A target whose evidence has a closed form for *any* data set may also :meth:`~Benchmark.simulate`
+data from the model -- the latents drawn from the prior, the data given them -- and give
+:meth:`~Benchmark.evidence` of any data: the checks of :mod:`inference.calibrate` that need
+new data sets (bdmc's reverse chains start at the simulating latents, an exact posterior draw;
+Bayes-factor calibration draws a model, then data from it) run on such targets. Their guide
+``"conjugate"`` is written from the closed-form posterior of the data it is given, widened,
+with nothing to fit: it serves every simulated data set as it is.
+
 A target's reference is computed by its own file (a closed form, quadrature, a sum of known
 CDFs), never fitted; ``tests/test_pack.py`` checks each one by an independent computation
 (scipy) and runs ``is-guide`` and ``is-prior`` on it, except where :attr:`Benchmark.fails`
 documents why a method cannot work there.
 """
 
-from inference.pack.benchmark import Benchmark, get, names, register, unregister  # noqa: F401
+from inference.pack.benchmark import (  # noqa: F401 (re-exported)
+    WIDEN, Benchmark, Simulated, get, names, register, simulating, unregister,
+)
 
 # Importing the pack's targets registers them, in this order.
 from inference.pack import (beta_bernoulli, gaussian_shells, correlated_gaussian,  # noqa: E402,F401
-                            loggamma, gaussian_32d, radiata)
+                            loggamma, gaussian_32d, radiata, conjugate)

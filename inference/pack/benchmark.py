@@ -6,13 +6,24 @@ A leaf of the pack: its target files import these from here, below :mod:`inferen
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import pyro
 import torch
 
 from inference.registry import Registry
 from inference.target import Data, Target
+
+
+#: the ``"conjugate"`` guides' scale over the exact posterior's (wider: bounded weights)
+WIDEN = 1.25
+
+
+class Simulated(NamedTuple):
+    """Data drawn from a model, and the latents that drew them (``{site: value}``)."""
+
+    data: Data
+    latents: Dict[str, torch.Tensor]
 
 
 class Benchmark:
@@ -29,6 +40,8 @@ class Benchmark:
     :cvar fit_options: further keyword arguments of :func:`inference.fit` (e.g. particles).
     :cvar fails: ``{method: why}``: methods documented to fail on this target (a wrong or
         unvouched number expected), e.g. ``is-prior`` in 30 dimensions.
+    :cvar fixed_guides: guides with nothing to fit (written from the closed-form posterior):
+        :meth:`target` uses them as they are; :meth:`fit` refuses them.
     """
 
     name: ClassVar[str] = ""
@@ -41,6 +54,7 @@ class Benchmark:
     lr: ClassVar[float] = 0.01
     fit_options: ClassVar[Mapping[str, Any]] = {}
     fails: ClassVar[Mapping[str, str]] = {}
+    fixed_guides: ClassVar[Tuple[str, ...]] = ()
 
     _references: ClassVar[Dict[str, float]] = {}
 
@@ -62,6 +76,29 @@ class Benchmark:
     def make_guide(self, kind: str) -> Callable[..., Any]:
         """A new guide of kind ``kind`` (one of :attr:`guides`); default: ``AutoNormal``."""
         return pyro.infer.autoguide.AutoNormal(self.model)
+
+    def evidence(self, *data: torch.Tensor) -> float:
+        """The true ``log Z`` of any data of this target's form (where a closed form holds for
+        every data set; :attr:`simulates`)."""
+        raise NotImplementedError(f"{self.name} knows its evidence for its own data only; "
+                                  f"these can simulate: {', '.join(simulating())}")
+
+    def simulate(self, seed: int) -> Simulated:
+        """Data of :meth:`data`'s shape drawn from the model (latents from the prior, then the
+        data given them) with a private generator seeded ``seed``, and those latents: an exact
+        draw from the posterior given the data (targets with :meth:`evidence` only)."""
+        raise NotImplementedError(f"{self.name} cannot simulate data; these can: "
+                                  f"{', '.join(simulating())}")
+
+    def latents(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The latents that drew :meth:`data`, where the data were simulated from the model
+        (``bdmc``'s ``latents=``); ``None`` otherwise."""
+        return None
+
+    @property
+    def simulates(self) -> bool:
+        """Whether :meth:`simulate` and :meth:`evidence` are defined."""
+        return type(self).simulate is not Benchmark.simulate
 
     # ---- what every target gets
     @property
@@ -90,6 +127,9 @@ class Benchmark:
         from inference.svi import fit
 
         kind = self._kind(guide)
+        if kind in self.fixed_guides:
+            raise ValueError(f"{self.name}'s guide {kind!r} has nothing to fit (written from the "
+                             f"closed-form posterior): use target(guide={kind!r}) as it is")
         self._guides[kind] = self.make_guide(kind)
         settings = {"lr": self.lr, **self.fit_options, **options}
         return fit(self.target(kind), self.data(), steps=self.steps if steps is None else steps,
@@ -117,3 +157,8 @@ names = _REGISTRY.names
 def get(name: str) -> Benchmark:
     """A new instance of the registered target ``name``."""
     return _REGISTRY.get(name)()
+
+
+def simulating() -> Tuple[str, ...]:
+    """The registered targets that can simulate data and know the evidence of any data."""
+    return tuple(n for n in names() if get(n).simulates)

@@ -84,18 +84,26 @@ def target_names(quick: bool) -> List[str]:
     return list(pack.names()) + [f"zoo:{m}" for m in (ZOO_QUICK if quick else ZOO_TARGETS)]
 
 
-def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
-            quick: bool = False, device: str = "cpu", resume: bool = False) -> Plan:
-    """Every check of ``ppzoo bench`` that can fail, before any work. Raises UsageError."""
-    known = target_names(False)
+def check_selection(targets: Sequence[str], known: Sequence[str], methods: Sequence[str],
+                    truth: str, verb: str) -> List[str]:
+    """``--target`` among ``known`` and ``--method`` registered estimators, not references;
+    returns the methods. Raises UsageError naming what to choose."""
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise UsageError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     methods = check_methods(methods)
     refs = [m for m in methods if estimators.get(m).reference]
     if refs:
-        raise UsageError(f"{', '.join(refs)} is a reference, where the zoo targets' truth comes "
-                         "from, not an estimator to benchmark; leave it out")
+        raise UsageError(f"{', '.join(refs)} is a reference, where {truth} comes from, not an "
+                         f"estimator to {verb}; leave it out")
+    return methods
+
+
+def prepare(targets: Sequence[str], methods: Sequence[str], out: os.PathLike, *,
+            quick: bool = False, device: str = "cpu", resume: bool = False) -> Plan:
+    """Every check of ``ppzoo bench`` that can fail, before any work. Raises UsageError."""
+    methods = check_selection(targets, target_names(False), methods, "the zoo targets' truth",
+                              "benchmark")
     check_device(device)
     out = prepare_run(out, marker=BENCH_FILE, resume=resume, quick=quick)
     chosen = list(dict.fromkeys(targets)) or target_names(quick)
@@ -120,7 +128,7 @@ def run(plan: Plan, *, progress: bool = False, echo: Callable[[str], None] = pri
         cells = [(m, k, seed) for m in plan.methods if m not in mine
                  for k, seed in _cells(m, s["ks"], s["seeds"]) if (m, k, seed) not in done]
         if cells:
-            fitted, data, truth, scope, own = _fit(t, plan, echo)
+            fitted, data, truth, scope, own = fit_target(t, plan.out, plan.device, echo)
             options = {**s["options"], **own}  # a zoo job's own options win
             for method in dict.fromkeys(c[0] for c in cells):
                 for _, k, seed in [c for c in cells if c[0] == method]:
@@ -128,7 +136,7 @@ def run(plan: Plan, *, progress: bool = False, echo: Callable[[str], None] = pri
                         est = inference.estimate(fitted, data, method, k, seed=seed, scope=scope,
                                                  device=plan.device, **options)
                     except (ValueError, RuntimeError) as err:
-                        mine[method] = _reason(err)
+                        mine[method] = reason(err)
                         echo(f"{t.name}: {method} did not run: {mine[method]}")
                         break
                     plan.table.add(_row(t.name, est, seed, truth, options))
@@ -149,27 +157,28 @@ def _cells(method: str, ks: Sequence[int], seeds: int):
     return [(k, seed) for k in ks for seed in range(seeds)]
 
 
-def _fit(t, plan: Plan, echo):
-    """``(fitted target, data, truth, scope, estimate options)`` for target ``t``."""
+def fit_target(t, out: Path, device: str, echo):
+    """``(fitted target, data, truth, scope, estimate options)`` for target ``t`` (a zoo
+    target's fit lives in ``out/zoo-NAME``, reused where it finished)."""
     if isinstance(t, ZooTarget):
-        folder = plan.out / f"zoo-{t.model}"
-        data = t.data(plan.device)
+        folder = out / f"zoo-{t.model}"
+        data = t.data(device)
         if not fit_finished(folder):
             folder.mkdir(exist_ok=True)
-            fit_entry(t.entry, data, t.job, folder, device=plan.device, echo=echo)
-        inference.load_fit(t.entry, folder, device=plan.device, data=data)
+            fit_entry(t.entry, data, t.job, folder, device=device, echo=echo)
+        inference.load_fit(t.entry, folder, device=device, data=data)
         options = dict(t.job.estimate_options)
-        truth = inference.estimate(t.entry, data, "exact", scope=t.job.scope, device=plan.device,
+        truth = inference.estimate(t.entry, data, "exact", scope=t.job.scope, device=device,
                                    **options).log_evidence
         echo(f"{t.name}: exact reference {truth:.6g}")
         return t.entry, data, truth, t.job.scope, options
-    fitted = t.fit(seed=0, device=plan.device)
+    fitted = t.fit(seed=0, device=device)
     echo(f"{t.name}: fitted {len(fitted.losses)} steps in {fitted.seconds:.1f} s; "
          f"log Z = {t.log_evidence:.6g} ({t.source})")
-    return fitted, tuple(x.to(plan.device) for x in t.data()), t.log_evidence, None, {}
+    return fitted, tuple(x.to(device) for x in t.data()), t.log_evidence, None, {}
 
 
-def _reason(err: Exception) -> str:
+def reason(err: Exception) -> str:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return first if isinstance(err, estimators.NotApplicable) else f"{type(err).__name__}: {first}"
 

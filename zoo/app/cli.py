@@ -8,6 +8,7 @@
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
     ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
     ppzoo bench --out DIR [--quick] [--target NAME ...] [--method M ...] [--resume]
+    ppzoo calibrate --out DIR [--quick] [--target NAME ...] [--method M ...] [--seeds N] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
@@ -276,6 +277,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from zoo.app import calibrate
+
+    plan = calibrate.prepare(args.target, args.method, args.out, quick=args.quick,
+                             seeds=args.seeds, device=args.device, resume=args.resume)
+    calibrate.run(plan, echo=_echo)
+    return 0
+
+
 def _fit_interrupted(out: str) -> str:
     from zoo.app.jobs import CHECKPOINT_FILE
 
@@ -411,8 +421,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true",
                    help="continue a previous run in DIR: keep its rows, run the missing ones")
 
+    k = sub.add_parser("calibrate", parents=[common],
+                       help="how often each estimator's stderr covers a known truth")
+    k.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty output directory (or a previous run, with --resume)")
+    k.add_argument("--quick", action="store_true",
+                   help="a quick look: 20 seeds, small K, few temperatures (a few minutes)")
+    k.add_argument("--target", action="append", default=[], metavar="NAME",
+                   help="a pack target (inference.pack.names()), zoo:fa or zoo:map_l2; repeat "
+                        "for several (default: all)")
+    k.add_argument("--method", action="append", default=[], metavar="M",
+                   help="a registered estimator; repeat for several (default: every one but "
+                        "the references)")
+    k.add_argument("--seeds", type=int, metavar="N",
+                   help="estimates per target and method, and simulated data sets of the "
+                        "Bayes-factor SBC (default 100; 20 with --quick)")
+    k.add_argument("--resume", action="store_true",
+                   help="continue a previous run in DIR: keep its rows, run the missing seeds")
+
     for name, fn in [("list", cmd_list), ("fit", cmd_fit), ("estimate", cmd_estimate),
-                     ("sample", cmd_sample), ("compare", cmd_compare), ("bench", cmd_bench)]:
+                     ("sample", cmd_sample), ("compare", cmd_compare), ("bench", cmd_bench),
+                     ("calibrate", cmd_calibrate)]:
         sub.choices[name].set_defaults(func=fn)
     return p
 
@@ -496,6 +525,8 @@ def _main(args: argparse.Namespace, starting: Any) -> int:
                        "--resume to continue",
             "bench": f"finished results are kept in {getattr(args, 'out', '')}; rerun with "
                      "--resume to continue",
+            "calibrate": f"finished results are kept in {getattr(args, 'out', '')}; rerun "
+                         "with --resume to continue",
             "fit": _fit_interrupted(getattr(args, "out", "")),
             "estimate": "finished estimates are kept in estimates.csv; rerun to continue",
         }.get(args.command, "")

@@ -252,9 +252,15 @@ class Rows:
         return set(zip(part["method"], part["K"].astype(int), part["seed"].astype(int)))
 
     def add(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        self.extend([row])
+        return row
+
+    def extend(self, rows: Sequence[Dict[str, Any]]) -> None:
+        """Append ``rows`` in one atomic rewrite (many rows at once: one write, not one each)."""
         import pandas as pd
 
-        new = pd.DataFrame([row])
+        if not rows:
+            return
+        new = pd.DataFrame(list(rows))
         self.df = new if self.df.empty else pd.concat([self.df, new], ignore_index=True)
         write_with(self.path, lambda tmp: self.df.to_csv(tmp, index=False))
-        return row
