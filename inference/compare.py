@@ -73,7 +73,8 @@ def compare(
         e.g. a reference failing its own checks, is raised (rows already passed to ``on_row``
         stay written). The first reference asked for that applies gives every row's
         ``error`` (NaN without one: a reference can take far longer than the estimates).
-    :param num_samples: the K grid (or one K).
+    :param num_samples: the K grid (or one K); a method runs at the K it takes
+        (``K >= min_samples``, e.g. 4 for ``bridge``), and is skipped where it takes none.
     :param seeds: seeds for every sampled method.
     :param scope: ``"local"`` or ``"global"``; default from the trace (see :func:`estimate`).
     :param progress: show a tqdm bar; default: only when stderr is a terminal.
@@ -114,7 +115,12 @@ def compare(
             on_row(row)
 
     refs = [m for m in registered if estimators.get(m).reference]
-    jobs = [(m, k, s) for m in methods if m not in refs for k in ks for s in seeds]
+    for m in methods:
+        least = estimators.get(m).min_samples
+        if m not in refs and max(ks) < least:
+            skipped[m] = f"{m} needs K >= {least}, the largest K asked for is {max(ks)}"
+    jobs = [(m, k, s) for m in methods if m not in refs and m not in skipped
+            for k in ks if k >= estimators.get(m).min_samples for s in seeds]
     jobs = [job for job in jobs if not (skip and skip(*job))]
     reference = math.nan
     for ref in refs:

@@ -11,6 +11,18 @@ Built in, one file each under ``inference/estimators/``:
     Plain Monte Carlo with the prior as proposal, ``w_k = p(x | z_k)``, ``z_k ~ p(z)``.
 ``exact``
     Closed form, enumeration or quadrature.
+``ais``, ``bdmc``, ``smc``
+    Annealing from the guide (or the prior) to the posterior with HMC moves.
+``laplace``, ``harmonic-mean``, ``bridge``, ``chib``
+    From the posterior's mode or from HMC draws of it.
+``nested``
+    Nested sampling over the prior, constrained random-walk moves.
+``stepping-stone``
+    Power posteriors on a temperature ladder with HMC: stepping-stone ratios or thermodynamic
+    integration.
+
+Each file's docstring tells its estimator's story; ``ppzoo list --methods`` prints the one-line
+``summary`` of every registered method.
 
 :func:`estimate` checks the arguments and the data, settles the scope (:mod:`inference.scope`:
 per datapoint, ``log p(x_n)`` from a ``[K, N]`` weight matrix, or global, ``log p(X)`` from one
@@ -36,8 +48,10 @@ from inference.state import load_fitted
 from inference.target import as_data, as_target, num_datapoints, resolve_device
 from inference.weights import stderr_caveats
 
-#: the built-in methods; :func:`methods` lists every registered one
-METHODS = ("elbo", "is-guide", "is-prior", "exact")
+#: the built-in methods (those of ``inference/estimators/``); :func:`methods` lists every
+#: registered one, a user's own too
+METHODS = ("elbo", "is-guide", "is-prior", "exact", "ais", "bdmc", "smc", "laplace",
+           "harmonic-mean", "bridge", "chib", "nested", "stepping-stone")
 
 
 def methods() -> tuple:
@@ -50,7 +64,7 @@ def methods() -> tuple:
 MAX_SAMPLES = 10**9
 
 #: default chunk budget per device type: on CPU, chunks that stay near the caches are fastest
-#: (digits vae, K=1000: 64 MiB 1.39 s, 256 MiB 1.68 s, 1 GiB 1.84 s); a GPU wants large chunks.
+#: (the budgets measured: benchmarks/RESULTS.md, section 1); a GPU wants large chunks.
 DEFAULT_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}
 
 

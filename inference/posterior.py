@@ -75,6 +75,8 @@ from inference.replay import sample_sites
 from inference.sampling import check_proposal
 from inference.weights import WeightStats, khat_threshold, pareto_khat
 
+#: the fewest draws: half fit the proposal, half enter the estimate
+MIN_SAMPLES = 4
 #: the options of the chains, with their defaults
 OPTIONS = {"start": "guide", "warmup": 50, "temperatures": 20, "leapfrog_steps": 5,
            "step_size": 0.1, "target_accept": 0.65, "jit": False}
@@ -89,9 +91,9 @@ def chain_cost(o: Dict[str, Any]) -> int:
 
 def check(problem: Problem, method: str, o: Dict[str, Any]) -> None:
     """Refuse, in one line, what the chains or the proposal cannot run on."""
-    if problem.num_samples < 4:
+    if problem.num_samples < MIN_SAMPLES:
         raise ValueError(f"num_samples K={problem.num_samples} is too small for {method}: half "
-                         "the draws fit the proposal, half enter the estimate; use K >= 4")
+                         f"the draws fit the proposal, half enter the estimate; use K >= {MIN_SAMPLES}")
     if o["start"] not in ("guide", "prior"):
         raise ValueError(f"start={o['start']!r}: use 'guide' or 'prior'")
     if o["proposal"] not in ("gaussian", "guide"):

@@ -80,6 +80,8 @@ class Estimator:
     :cvar shardable: :meth:`run` handles ``problem.world`` (``estimate(distributed=True)``).
     :cvar deterministic: its value depends on neither K nor the seed (an optimisation, e.g.
         ``laplace``): a benchmark runs it once per target.
+    :cvar min_samples: the smallest K it runs with (its :meth:`run` refuses a smaller one);
+        :func:`inference.compare` leaves the smaller K of its grid out for it.
     :cvar unbiased: ``exp`` of its value is an unbiased estimate of ``p(x)`` (importance
         sampling, AIS; not SMC with adaptive temperatures): over many seeds the mean of
         ``Z_hat / Z`` must be 1 (:func:`inference.calibrate`).
@@ -96,6 +98,7 @@ class Estimator:
     checks: ClassVar[Mapping[str, "Check"]] = {}
     shardable: ClassVar[bool] = False
     deterministic: ClassVar[bool] = False
+    min_samples: ClassVar[int] = 1
     unbiased: ClassVar[bool] = False
     consistent: ClassVar[bool] = True
 

@@ -39,7 +39,7 @@ import pyro
 import torch
 from torch.distributions import constraints as tc
 
-from inference.target import Data, Target, num_datapoints, resolve_device
+from inference.target import Data, Target, num_datapoints, resolve_device, unwrapped
 
 FORMAT, VERSION = "ppzoo-state", 1
 #: the largest state file read (the zoo's are under 10 MB; torch.load reads it whole)
@@ -338,6 +338,31 @@ def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") 
     for name, sd in state["networks"].items():
         target.networks[name].load_state_dict(sd)
         target.networks[name].to(dev)
+    _point_modules_at_store(target)
+
+
+def _point_modules_at_store(target: Target) -> None:
+    """Make a :class:`~pyro.nn.PyroModule` model or guide (an autoguide) use the params just
+    loaded into the store. Its plain ``nn.Parameter`` attributes (``AutoMultivariateNormal``'s
+    and ``AutoDiagonalNormal``'s ``loc``), once set up by an earlier trace, are read from the
+    module, never again from the store: without this they keep their initial values."""
+    from pyro.nn import PyroModule
+
+    store = pyro.get_param_store()
+    for fn in (target.model, target.guide):
+        module = unwrapped(fn)
+        if not isinstance(module, PyroModule):
+            continue
+        for name, param in module.named_parameters():
+            full = f"{module._pyro_name}.{name}" if module._pyro_name else name
+            if name.endswith("_unconstrained") or full not in store:
+                continue  # a PyroParam reads the store itself on every access
+            loaded = store._params[full]
+            if loaded is not param and loaded.shape == param.shape:
+                param.data = loaded.detach()
+                store._param_to_name.pop(loaded, None)
+                store._params[full] = param
+                store._param_to_name[param] = full
 
 
 def load_fitted(obj: Any, device: Any = "cpu") -> None:

@@ -1,6 +1,6 @@
 """Stochastic variational inference with ``Trace_ELBO`` on any target.
 
-(About 420 lines: :func:`fit` is one function whose many options -- minibatches, particles,
+(Long: :func:`fit` is one function whose many options -- minibatches, particles,
 losses, KL weight, held-out tracking, checkpoints, data parallelism, the compiled step -- each
 take a few lines here and live in their own modules: :mod:`inference.elbo_terms`,
 :mod:`inference.checkpoints`, :mod:`inference.distributed`, :mod:`inference.compiled`.)
@@ -68,9 +68,9 @@ class FusedAdam:
     """SVI with one ``torch.optim.Adam`` over every parameter, the default optimiser of :func:`fit`.
 
     Pyro's optimisers keep one torch optimiser per parameter (a Python call each per step); Adam
-    is elementwise, so one optimiser with torch's fused kernel (one pass over all parameters:
-    58 us a step for the digits vae's 8 tensors, against 187 us for torch's default and more for
-    Pyro's per-parameter ones) takes the same steps for less overhead. It has SVI's
+    is elementwise, so one optimiser with torch's fused kernel (one pass over all parameters;
+    measured against torch's default and Pyro's per-parameter ones in benchmarks/RESULTS.md,
+    section 3) takes the same steps for less overhead. It has SVI's
     ``step`` and PyroOptim's ``get_state``/``set_state`` (for checkpoints). Parameters are
     created by the first step and must not change afterwards (static structure).
     """

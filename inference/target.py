@@ -20,6 +20,7 @@ zoo entry has all of it; only ``model`` and ``guide`` are required):
 ``loss``                    ``"trace"`` or ``"traceenum"``: the ELBO that trains it
 ``check_data(*data)``       raises ``ValueError`` naming the problem and the fix
 ``log_evidence(*data)``     exact global ``log p(data)`` where a closed form exists, else ``None``
+``kwargs``                  ``{name: value}`` passed to every call of model and guide
 ==========================  ======================================================================
 """
 
@@ -188,6 +189,7 @@ def _protocol_fields(obj: Any) -> Dict[str, Any]:
         networks=dict(networks or {}),
         loss=getattr(obj, "loss", None) or "trace",
         entry=obj,
+        kwargs=dict(getattr(obj, "kwargs", None) or {}),
     )
     for field, attr in (("check", "check_data"), ("log_evidence", "log_evidence")):
         fn = getattr(obj, attr, None)

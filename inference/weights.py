@@ -236,7 +236,7 @@ def plan_chunks(
     the budget allows) and give the rest to particles: the guide runs once per chunk, so an
     amortized encoder is shared by all the chunk's particles. Chunks are then evened out
     (1000 as 334 + 333 + 333, not 461 + 461 + 78), which leaves room for fewer, larger chunks
-    along the other axis: each chunk costs a fixed ~1 ms of tracing.
+    along the other axis: each chunk costs a fixed amount of tracing.
     """
     units = max(1, int(budget // max(bytes_per_unit, 1.0)))
     if num_datapoints is None:

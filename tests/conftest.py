@@ -25,3 +25,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trained_vae():
+    """``(entry, x)``: a 2-D vae trained briefly on the first 200 digits ``x``, shared by every
+    test that only reads it (test_annealing, test_teaching, test_export). Its weights live in
+    its networks, so the per-test clearing of the param store leaves them; a test that trains
+    it further or moves it to another device must build its own."""
+    import inference
+    import zoo
+
+    entry = zoo.get("vae", latent_dim=2, hidden=(32,))
+    x = entry.load_data()[0][:200]
+    inference.fit(entry, x, steps=60, lr=0.03, batch_size=100, progress=False, seed=0)
+    pyro.clear_param_store()
+    return entry, x

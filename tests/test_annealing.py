@@ -67,6 +67,7 @@ def _poor_meanfield(entry, x):
     pyro.param("s", (2 * S.diagonal().sqrt()).float(), constraint=constraints.positive)
 
 
+@pytest.mark.slow
 def test_ais_fa_poor_guide_matches_closed_form():
     entry, sim = _fa(20, "meanfield")
     x = sim.data[0]
@@ -111,16 +112,6 @@ def test_bdmc_brackets_the_closed_form_and_the_gap_shrinks_with_temperatures():
     (wide, se_wide), (narrow, se_narrow) = gaps
     assert narrow < wide - 3 * math.hypot(se_wide, se_narrow)
     assert wide > 3 * se_wide  # the few-temperature gap is real, not noise
-
-
-@pytest.fixture(scope="module")
-def trained_vae():
-    """A 2-D vae on the digits, trained briefly (its weights live in its networks, so the
-    per-test clearing of the param store leaves them)."""
-    entry = zoo.get("vae", latent_dim=2, hidden=(32,))
-    (x,) = entry.load_data()
-    inference.fit(entry, x[:200], steps=60, lr=0.03, batch_size=100, progress=False, seed=0)
-    return entry, x
 
 
 def test_bdmc_on_data_simulated_from_a_trained_vae(trained_vae):
@@ -181,6 +172,7 @@ def gmm_brute_force():
     return x, brute, brute_se
 
 
+@pytest.mark.slow
 def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     # smc starts at the prior (the guide sits on one of the 2! relabelled modes, which the
     # estimator refuses).
@@ -194,6 +186,7 @@ def test_smc_gmm_matches_brute_force_prior_monte_carlo(gmm_brute_force):
     assert est.stderr < 0.1
 
 
+@pytest.mark.slow
 def test_ais_sums_out_enumerated_assignments(gmm_brute_force):
     # the assignments z_n marked for enumeration: summed out of the annealed density per
     # datapoint, HMC moving the weights, locations and variances alone

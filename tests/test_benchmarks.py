@@ -32,6 +32,7 @@ def number(cell):
     return value
 
 
+@pytest.mark.slow
 def test_bench_iwae_quick():
     table = rows(run("bench_iwae.py", "--quick", "-K", "50", "--repeats", "1"))
     assert [r[0] for r in table][:3] == [
@@ -44,6 +45,7 @@ def test_bench_iwae_quick():
     number(fixed[5])  # seconds per call
 
 
+@pytest.mark.slow
 def test_bench_svi_quick():
     table = rows(run("bench_svi.py", "--quick"))
     assert {(r[0], r[1]) for r in table} == {
@@ -62,6 +64,7 @@ def test_bench_memory_small():
         number(r[3])
 
 
+@pytest.mark.slow
 def test_bench_ais_quick():
     table = rows(run("bench_ais.py", "--quick"))
     assert [r[0] for r in table] == ["inference.estimate ais", "inference.estimate ais, jit=False",
@@ -71,6 +74,7 @@ def test_bench_ais_quick():
         number(r[8])
 
 
+@pytest.mark.slow
 def test_bench_bridge_quick():
     table = rows(run("bench_bridge.py", "--quick", "--repeats", "1"))
     assert [r[1] for r in table] == ["is-guide", "bridge", "bridge jit=True", "chib"]
@@ -79,6 +83,7 @@ def test_bench_bridge_quick():
         assert int(r[2]) > 0 and all(number(c) >= 0 for c in r[3:])
 
 
+@pytest.mark.slow
 def test_bench_frontier_quick():
     import inference
     from inference import estimators
@@ -94,6 +99,7 @@ def test_bench_frontier_quick():
             number(r[4]), number(r[5])
 
 
+@pytest.mark.slow
 def test_bench_nested_ss_quick():
     table = rows(run("bench_nested_ss.py", "--quick"))
     assert [r[0] for r in table] == ["is-guide", "nested", "stepping-stone"]

@@ -42,6 +42,7 @@ def test_within_three_stderr_on_pack_targets(fits, name, options):
     assert abs(est.log_evidence - b.log_evidence) < 3 * est.stderr, (est, b.log_evidence)
 
 
+@pytest.mark.slow
 def test_beats_is_guide_with_a_meanfield_guide_on_a_correlated_posterior():
     # correlation 0.95: the mean-field guide is too narrow across the ridge, its importance
     # weights have infinite variance (k-hat > 0.7) and is-guide stays low; bridge's Gaussian
@@ -78,6 +79,7 @@ def test_checks_flag_draws_that_are_not_the_posterior(method, name, options, cav
         assert abs(est.log_evidence - b.log_evidence) > 3 * est.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, coverage", [("normal", 0.95), ("warp3", 0.91)])
 def test_stderr_is_calibrated_across_datapoints(variant, coverage):
     # 200 datapoints, each its own posterior, draws and proposal: 200 independent trials.

@@ -31,6 +31,7 @@ def test_within_three_stderr_on_pack_targets(name, guide, options):
     assert abs(est.log_evidence - b.log_evidence) < 3 * est.stderr, (est, b.log_evidence)
 
 
+@pytest.mark.slow
 def test_label_switching_correction_on_the_mixture():
     # Three clusters of 8 points, far apart: the posterior has 3! = 6 relabelled modes and
     # HMC chains started at the guide stay in one. The ordinate estimated from one mode is 6
@@ -54,6 +55,7 @@ def test_label_switching_correction_on_the_mixture():
     assert abs(br.log_evidence - ref.log_evidence) < 3 * math.hypot(br.stderr, ref.stderr)
 
 
+@pytest.mark.slow
 def test_stderr_is_calibrated_across_datapoints():
     # 200 independent per-datapoint estimates: inside 1.96 stderr ~ Binomial(200, 0.95), mean
     # 190, sd 3.1, accept >= 180; inside 0.674 stderr ~ Binomial(200, 0.5), accept 78..122.

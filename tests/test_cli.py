@@ -124,6 +124,7 @@ def figure_problems(fig):
     return problems
 
 
+@pytest.mark.slow
 def test_compare_quick_writes_tidy_results(quick_run):
     out, _ = quick_run
     df = pd.read_csv(out / "results.csv")
@@ -170,6 +171,7 @@ def test_compare_quick_writes_tidy_results(quick_run):
         assert np.allclose(iwae.xs(1, level="K"), elbo.xs(1, level="K"), rtol=1e-9), name
 
 
+@pytest.mark.slow
 def test_every_figure_of_the_quick_run_keeps_its_contract(quick_run):
     assert len(FIGURES) >= 4 * 3
     bad = {path.split("/run/")[-1]: problems for path, problems in FIGURES.items() if problems}
@@ -192,6 +194,7 @@ def test_figure_contract_catches_what_it_checks():
     assert any("'off the frame'" in p for p in problems)
 
 
+@pytest.mark.slow
 def test_compare_quick_writes_plots_and_summary(quick_run):
     out, stdout = quick_run
     summary = (out / "summary.md").read_text()
@@ -227,6 +230,7 @@ def test_compare_quick_writes_plots_and_summary(quick_run):
     assert config["subset"] == 300 and config["fit"]["steps"] == jobs.job_for("vae", True).steps
 
 
+@pytest.mark.slow
 def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
     # OUT/MODEL of the compare job can be re-estimated with ppzoo estimate.
     out, _ = quick_run
@@ -243,6 +247,7 @@ def test_fitted_compare_folder_is_an_estimate_dir(quick_run, tmp_path):
 LADDER = {"independent", "fvsbn", "nade", "dlvm", "vae"}
 
 
+@pytest.mark.slow
 def test_compare_quick_ladder_comes_from_results_csv(quick_run):
     # The baseline ladder: every binarised-digits model on the same held-out images, each
     # number the mean over seeds of results.csv's per-datapoint rows (never typed in).
@@ -273,6 +278,7 @@ def test_compare_quick_ladder_comes_from_results_csv(quick_run):
     assert len({hashes[m] for m in LADDER}) == 1 and hashes["fa"] != hashes["nade"]
 
 
+@pytest.mark.slow
 def test_estimate_on_other_data_agrees_with_the_held_out_rows(quick_run, tmp_path):
     # ppzoo estimate DIR --data PATH on the compare job's own held-out rows gives its test rows;
     # for independent pixels, also numpy's log-likelihood under the fitted logits.
@@ -302,6 +308,7 @@ def test_estimate_on_other_data_agrees_with_the_held_out_rows(quick_run, tmp_pat
     assert want == pytest.approx(logp, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_estimate_on_other_data_refuses_bad_data_writing_nothing(quick_run, tmp_path):
     out, _ = quick_run
     before = sorted(p.name for p in (out / "nade").iterdir())
@@ -344,6 +351,7 @@ def stop_after(rows_before_stop, record):
     return compare
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_finishes_without_recomputing(tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["compare", "--quick", "--no-progress", "gmm", "map_l2", "--out", out]
@@ -388,6 +396,7 @@ def test_interrupt_then_resume_finishes_without_recomputing(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------- list, fit, estimate
+@pytest.mark.slow
 def test_fit_interrupted_then_resumed_equals_an_uninterrupted_fit(tmp_path, monkeypatch):
     argv = ["fit", "map_l2", "--steps", "200", "--seed", "3", "--no-progress"]
     rc, _, stderr = run_main(argv + ["--out", tmp_path / "whole"])

@@ -67,6 +67,7 @@ def same(a, b, rtol=1e-6):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=rtol, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_one_step_equals_full_batch(ranks):
     (r0, r1), _ = ranks
     x = toy.local_data(40)
@@ -75,6 +76,7 @@ def test_one_step_equals_full_batch(ranks):
     same(r0["one_step"], r1["one_step"], rtol=0)  # the same parameters on every rank
 
 
+@pytest.mark.slow
 def test_uneven_minibatch_shards_scale_to_the_global_batch(ranks):
     (r0, r1), _ = ranks  # batch 21 on 2 ranks: shards of 11 and 10
     x = toy.local_data(40)
@@ -84,6 +86,7 @@ def test_uneven_minibatch_shards_scale_to_the_global_batch(ranks):
     same(r0["minibatch"], r1["minibatch"], rtol=0)
 
 
+@pytest.mark.slow
 def test_loss_curve_follows_one_process(ranks):
     """gmm, global batch 50: the 2-process curve matches one process's in every window of 10
     steps, within 4 standard errors of the two windows' means (their steps' spread; a loss
@@ -95,6 +98,7 @@ def test_loss_curve_follows_one_process(ranks):
     assert (np.abs(a.mean(1) - b.mean(1)) < 4 * se).all(), (a.mean(1), b.mean(1), se)
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_under_two_ranks(ranks):
     (r0, _), out = ranks
     whole, resumed, whole_losses, resumed_losses = r0["resume"]
@@ -104,6 +108,7 @@ def test_checkpoint_resume_under_two_ranks(ranks):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_cli_fit_under_torchrun_resumes_exactly(ranks):
     """``ppzoo fit vae`` interrupted after its checkpoint inside an epoch, then resumed:
     bitwise the weights and losses of the uninterrupted 2-process fit."""
@@ -120,6 +125,7 @@ def test_cli_fit_under_torchrun_resumes_exactly(ranks):
     assert not (out / "vae-cut" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_rank_refusing_its_input_stops_every_rank_with_one_line(ranks):
     """One rank refuses its input (before or after the others joined, argparse's own errors
     too), or every rank does, or one never reports: every rank exits 2 at once, rank 0 (local
@@ -149,6 +155,7 @@ def test_a_rank_refusing_its_input_stops_every_rank_with_one_line(ranks):
         assert error["extraInfo"]["py_callstack"] == lines["steps"].strip()
 
 
+@pytest.mark.slow
 def test_a_rank_whose_partners_never_come_stops_after_the_timeout(tmp_path):
     """Rank 0 of 2 started alone (rank 1 crashed, or its machine never started it): one line
     after PPZOO_DIST_TIMEOUT seconds instead of torch's 30 minutes; a malformed timeout is
@@ -174,6 +181,7 @@ def test_a_rank_whose_partners_never_come_stops_after_the_timeout(tmp_path):
     assert err2.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_local_estimate_does_not_depend_on_the_number_of_processes(ranks):
     (r0, r1), _ = ranks
     x = toy.local_data(300)
@@ -193,6 +201,7 @@ def test_local_estimate_does_not_depend_on_the_number_of_processes(ranks):
     assert ((est[0] - exact).abs() < 4 * est[1] + 1e-9).all()
 
 
+@pytest.mark.slow
 def test_global_estimate_equals_one_process(ranks):
     (r0, r1), _ = ranks
     x = toy.local_data(300)[:60]
@@ -208,6 +217,7 @@ def test_global_estimate_equals_one_process(ranks):
     assert abs(value - toy.global_exact(x)) < 4 * err
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_writes_once(ranks, tmp_path):
     (r0, r1), out = ranks
     assert r0["cli"] == r1["cli"] == (0, 0)

@@ -251,3 +251,24 @@ def test_estimate_says_whether_its_stderr_is_vouched_for():
     assert summary["vouched"].tolist() == [False]
     legacy = inference.summarise(rows.drop(columns="vouched").assign(khat=0.9))
     assert legacy["vouched"].tolist() == [False]  # old files: judged by the same rule
+
+
+def test_compare_runs_each_method_at_the_k_it_takes():
+    # K = 1 is in every job's grid; bridge and chib need K >= 4, nested and stepping-stone
+    # K >= 2. Their rows start at the K they take (the default job crashed at K = 1), and
+    # a method that takes no K of the grid is skipped with its reason.
+    x = local_data(6)
+    set_global_guide(x)
+    least = {m: inference.estimators.get(m).min_samples for m in inference.methods()}
+    assert least["bridge"] == least["chib"] == 4 and least["nested"] == least["stepping-stone"] == 2
+    for m, k in least.items():  # the refusal the attribute stands for
+        if k > 1:
+            with pytest.raises(ValueError, match=f"K >= {k}"):
+                inference.estimate(GLOBAL, x, m, k - 1, warmup=2, temperatures=2,
+                                   **({"mcmc_steps": 1} if m == "nested" else {}))
+    methods = ["is-guide", "nested", "bridge"]
+    rows = inference.compare(GLOBAL, x, methods=methods, num_samples=[1, 2], seeds=[0],
+                             mcmc_steps=2, warmup=4)
+    assert sorted(zip(rows["method"], rows["K"])) == [("is-guide", 1), ("is-guide", 2),
+                                                      ("nested", 2)]
+    assert rows.attrs["skipped"] == {"bridge": "bridge needs K >= 4, the largest K asked for is 2"}

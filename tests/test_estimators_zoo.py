@@ -29,6 +29,7 @@ def test_gmm_local_estimators_match_enumeration(gmm_sim):
         assert abs(est.log_evidence - exact.log_evidence) < 3 * est.stderr, method
 
 
+@pytest.mark.slow
 def test_gmm_global_evidence_undoes_label_switching():
     # Two clusters far apart: the posterior has 2! well separated modes, the guide covers one.
     # Reference: prior Monte Carlo with 2e5 draws (unbiased, no label issue; 6 datapoints).

@@ -62,11 +62,9 @@ def test_user_pair_with_local_latents_exports_per_datapoint_draws():
         to_arviz((model, guide), x, num_samples=0)
 
 
-def test_kept_weights_are_the_estimates_own():
-    entry = zoo.get("vae")
-    (x,) = entry.load_data()
+def test_kept_weights_are_the_estimates_own(trained_vae):
+    entry, x = trained_vae
     x = x[:150]
-    inference.fit(entry, (x,), steps=30)
     K = 300
     est = inference.estimate(entry, (x,), "is-guide", K, keep_weights=True, memory_budget=1 << 20)
     lw = est.log_weights

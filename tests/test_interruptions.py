@@ -94,6 +94,7 @@ def test_full_disk_is_one_line_and_resume_completes(small_disk, whole):
     assert_same_fit(whole, out)
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_lose_no_rows(tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["compare", "map_l2", "--quick", "--no-progress", "--out", out]

@@ -32,6 +32,7 @@ def fits():
 # ---- laplace --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_laplace_exact_on_the_32d_gaussian(fits):
     b = pack.get("gaussian-32d")
     est = inference.estimate(fits["gaussian-32d"], b.data(), "laplace")
@@ -159,6 +160,7 @@ def test_harmonic_mean_runs_and_is_never_vouched(fits):
     assert inference.estimators.get("harmonic-mean").evaluations(1000) == 256 * (1 + 104 * 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,K", [("beta-bernoulli-flat", 1000), ("gaussian-32d", 300)])
 def test_harmonic_mean_fails_against_the_truth(fits, name, K):
     """Seed after seed, the estimate lies far above log Z -- by many times the stderr it

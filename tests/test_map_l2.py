@@ -91,6 +91,7 @@ def test_gaussian_guide_recovers_closed_form_posterior():
     assert (A - torch.eye(3, dtype=A.dtype)).abs().max() < tol
 
 
+@pytest.mark.slow
 def test_gaussian_guide_is_stable_at_a_constant_lr_on_correlated_features():
     """Diabetes' features are correlated (posterior variances 3e-4 to 0.11). At the optimum the
     guide is the posterior and every ELBO draw equals log p(y) exactly, so late losses sit at

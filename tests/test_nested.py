@@ -38,6 +38,7 @@ def test_pack_targets_within_three_stderr(name):
     assert d["information"] > 1 and 0.1 < d["acceptance_mean"] < 0.5
 
 
+@pytest.mark.slow
 def test_gaussian_24d_moves_use_the_other_half_of_the_survivors():
     # theta ~ N(0, I_24), log L = -|theta|^2 / (2 s2): log Z = 12 log(s2 / (1 + s2)) in closed
     # form. With proposals from the covariance of all survivors (the start among them), the
@@ -53,6 +54,7 @@ def test_gaussian_24d_moves_use_the_other_half_of_the_survivors():
     _within(est, truth)
 
 
+@pytest.mark.slow
 def test_error_estimate_matches_the_spread_of_runs_with_exact_moves(monkeypatch):
     # Exact constrained draws (the radius of N(0, I_6) below R has a truncated chi-square law)
     # isolate the volume bookkeeping: over 30 runs with b = K/2 the errors / stderr must have
@@ -92,6 +94,7 @@ def test_local_scope_per_datapoint():
     assert float((z**2).mean()) < 2.0  # mean of 30 squared N(0, 1): sd 0.26
 
 
+@pytest.mark.slow
 def test_beats_is_prior_at_equal_evaluations_on_loggamma_30d():
     # log Z = 0 (-2e-5); the posterior fills ~1e-30 of the prior: is-prior's best draw among as
     # many evaluations as nested makes is ~200 nats short, nested's error a few nats at most

@@ -77,6 +77,7 @@ def test_notebook_imports_only_allowed_modules(path):
                 assert mod.split(".")[0] in ALLOWED, f"{path.name} imports {mod}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(path, jupyter_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))

@@ -210,6 +210,7 @@ def fits():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(BUDGET))
 @pytest.mark.parametrize("name", pack.names())
 def test_importance_sampling_on_every_target(fits, name, method):

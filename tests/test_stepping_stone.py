@@ -49,6 +49,7 @@ def test_pack_targets_within_three_stderr(name, options):
         assert math.isfinite(d["stepping_stone"])
 
 
+@pytest.mark.slow
 def test_guide_start_is_far_more_precise_than_the_prior_start():
     # Fan et al.'s reference distribution: the fitted guide is close to the posterior, so the
     # ratios between power posteriors are near 1 and the stderr an order of magnitude smaller
@@ -60,6 +61,7 @@ def test_guide_start_is_far_more_precise_than_the_prior_start():
     assert guided.stderr < prior.stderr / 4
 
 
+@pytest.mark.slow
 def test_stderr_matches_the_spread_of_runs():
     # mu ~ N(0, 1), x_n ~ N(mu, 1): p(X) in closed form. Over 12 seeds the errors / stderr must
     # have mean 0 (|mean| < 3 / sqrt(12) = 0.87) and sd near 1 (0.5 to 1.7: chi-square with 11

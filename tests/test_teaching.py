@@ -61,6 +61,7 @@ def gauss_guide(x):
         pyro.sample("z", dist.Normal(m, S))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("particles", [1, 4])
 def test_reparameterized_gradient_variance_matches_closed_form(particles):
     # loss = -log p(x, z) + log q(z), z = m + S eps: d loss / dm = 2 z - x, whose variance over
@@ -92,6 +93,7 @@ def mix_guide(x):
         pyro.sample("z", dist.Categorical(logits=logits))
 
 
+@pytest.mark.slow
 def test_score_function_gradient_is_unbiased_and_enumeration_exact():
     x = torch.tensor([0.3, 1.8])
     before = pyro.param("logits", lambda: torch.tensor([[0.2, -0.3, 0.1]]).expand(2, 3).clone()).detach().clone()
@@ -217,16 +219,6 @@ def test_random_images_match_pixel_rates():
 
 
 # ---- latent space and amortization ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained_vae():
-    pyro.clear_param_store()
-    entry = zoo.get("vae", hidden=(64,))
-    (x,) = entry.load_data()
-    x = x[:200]
-    inference.fit(entry, (x,), steps=300, lr=1e-2, batch_size=100, progress=False)
-    return entry, x
-
-
 def test_encode_decode_interpolate(trained_vae):
     entry, x = trained_vae
     loc, scale = vae.encode(entry, x[:5])

@@ -398,6 +398,7 @@ def mixture(x):
         pyro.sample("obs", dist.Normal(Vindex(locs)[..., a], 1.0), obs=x)
 
 
+@pytest.mark.slow
 def test_enumerated_mixture():
     x = torch.cat([torch.linspace(-2.5, -1.5, 6), torch.linspace(2.0, 4.0, 14)])
     guide = AutoNormal(pyro.poutine.block(mixture, hide=["a"]),

@@ -2,13 +2,14 @@
 
 >>> import zoo
 >>> zoo.names()
-('dlvm', 'fa', 'gmm', 'map_l2', 'nade', 'vae')
+('dlvm', 'fa', 'fvsbn', 'gmm', 'independent', 'map_l2', 'nade', 'vae')
 >>> entry = zoo.get("map_l2")
 >>> X, y = entry.load_data()
 
 The public names below come from :mod:`zoo.base`; the first use of any of them imports the model
 modules, which registers them. (``import zoo`` alone imports neither torch nor Pyro, so that
-``ppzoo --help`` answers at once.) Adding a model is one file and one line in ``MODELS``.
+``ppzoo --help`` answers at once.) Adding a model is one file and one line in ``MODELS`` (a
+file may register several: ``nade`` holds nade, fvsbn and independent).
 """
 
 import importlib

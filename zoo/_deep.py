@@ -113,36 +113,14 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
-def _npy_bytes(archive: Any, key: str) -> int:
-    """The bytes the array ``key`` of an .npz archive takes once loaded, from its header."""
-    with archive.open(key + ".npy") as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0(f))
-    return int(np.prod(shape, dtype=object)) * dtype.itemsize
-
-
 def _read_npz(path: str) -> np.ndarray:
-    import zipfile
+    """The images of an .npz archive: key 'x_train', or 'x', or the first array."""
+    from zoo.datafiles import read_npz
 
-    def unreadable(e):
-        return ValueError(f"{path} is not a readable .npz archive ({e}); expected {MNIST_FORMATS}")
+    def images(keys):
+        return [next((k for k in ("x_train", "x") if k in keys), keys[0])]
 
-    try:  # the array's size from its header first, before a byte of it is inflated
-        with np.load(path, allow_pickle=False) as f, zipfile.ZipFile(path) as archive:
-            keys = list(f.keys())
-            key = next((k for k in ("x_train", "x") if k in keys), keys[0] if keys else None)
-            size = 0 if key is None else _npy_bytes(archive, key)
-    except Exception as e:  # zipfile.BadZipFile, OSError, a bad header (ValueError), ...
-        raise unreadable(e) from None
-    if key is None:
-        raise ValueError(f"{path}: the .npz archive holds no arrays")
-    check_bytes(size, path, f"holds an array {key!r} of")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return f[key]
-    except Exception as e:  # object arrays (ValueError), a corrupt member, ...
-        raise unreadable(e) from None
+    return next(iter(read_npz(path, MNIST_FORMATS, images).values()))
 
 
 def load_mnist(path: str, binarise: bool = True) -> torch.Tensor:

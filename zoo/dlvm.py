@@ -59,8 +59,7 @@ class DLVM(DeepLatentModel):
     summary = "deep latent variable model (MLP decoder), non-amortized per-datapoint Gaussian guide"
     # 128 quadrature points: at 64 (refined up to 256) a few datapoints' posteriors stay too
     # narrow for the grid, halving it moves them 0.13 nats, and the reference refuses itself.
-    # No ais in the job: it costs what it costs on the vae (zoo/vae.py), minutes per seed
-    # (--quick: 7 s more at 5 temperatures, 14 s at 10).
+    # No ais in the job: it costs what it costs on the vae (zoo/vae.py).
     job = Job(steps=3000, lr=0.02, scope="local", methods=("exact", "elbo", "is-guide", "is-prior"),
               estimate_options={"quadrature_points": 128},
               why="per-datapoint Gaussian guide (full-data steps); exact reference by 2-D "

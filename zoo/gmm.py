@@ -47,7 +47,6 @@ import os
 from typing import Any, Dict, Optional
 
 import numpy as np
-import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
@@ -55,7 +54,7 @@ from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 
 from zoo.base import (
-    QUICK, Job, Simulated, ZooModel, check_file, check_float32, check_shape, check_size,
+    QUICK, Job, Simulated, ZooModel, check_shape, check_size,
     check_tensors, register,
 )
 
@@ -91,7 +90,7 @@ class GaussianMixture(ZooModel):
     references = ("none for log p(X); per datapoint given the globals, by enumerating the "
                   "assignments (scope='local')",)
     job = Job(options={"guide": "meanfield"}, steps=1500, lr=0.05, scope="global", test_fraction=0.0,
-              methods=("exact", "elbo", "is-guide", "is-prior"),  # smc: 40 s an estimate at K=100
+              methods=("exact", "elbo", "is-guide", "is-prior"),  # smc: too slow at K = 100
               why="mean-field guide over the globals (assignments summed out); is-guide "
                   "symmetrises the guide over the 3! component relabellings",
               quick=dict(QUICK, steps=300, methods=("exact", "elbo", "is-guide", "is-prior")))
@@ -430,34 +429,9 @@ class GaussianMixture(ZooModel):
 
 def _read_csv(path: str) -> np.ndarray:
     """A CSV file of numeric columns as a float64 array; a non-numeric first row is a header."""
-    expected = "a CSV of numeric columns, one row per datapoint, optional header row"
-    check_file(path, expected, text=True)
-    try:
-        df = pd.read_csv(path, header=None, dtype=str, skip_blank_lines=True,
-                         encoding="utf-8-sig", keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot parse {path!r} as CSV: {e}") from e
-    text = df.apply(lambda c: c.str.strip())
-    empty = text == ""
-    vals = text.apply(pd.to_numeric, errors="coerce")
-    nanlike = text.apply(lambda c: c.str.lower().isin(["nan", "+nan", "-nan"]))
-    other = vals.isna() & ~empty & ~nanlike
-    if len(df) and other.iloc[0].any() and (other | empty).iloc[0].all():  # a header row
-        df, text, empty, vals, nanlike, other = (t.iloc[1:] for t in
-                                                 (df, text, empty, vals, nanlike, other))
-    if len(df) == 0:
-        raise ValueError(f"{path!r} holds no data rows")
-    for mask, what in ((other, "non-numeric value {v!r}; every column must be numeric"),
-                       (empty, "an empty cell; drop or impute it"),
-                       (nanlike | vals.isin([np.inf, -np.inf]),
-                        "the non-finite value {v!r}; drop or impute it")):
-        if mask.any().any():
-            r, c = np.argwhere(mask.to_numpy())[0]
-            raise ValueError(f"{path!r}: data row {r + 1}, column {c + 1} holds "
-                             + what.format(v=text.iat[r, c]))
-    arr = np.array(vals.to_numpy(dtype=np.float64), dtype=np.float64)  # writable copy
-    check_float32(arr, path)
-    return arr
+    from zoo.datafiles import read_csv
+
+    return read_csv(path)[1]
 
 
 # ------------------------------------------------------------ notebook helpers: EM, clusters

@@ -69,10 +69,9 @@ class VAE(DeepLatentModel):
 
     name = "vae"
     summary = "variational autoencoder: deep latent variable model with an amortized MLP encoder"
-    # No ais in the job: about 0.2 ms of CPU per chain and datapoint at 10 temperatures (one
-    # thread), so about 7 minutes per seed over the K grid on all 1797 digits, 20 with three
-    # seeds; --quick (300 digits, K = 1, 10, 100, two seeds) would take 7 s more at 5
-    # temperatures, 14 s at 10. Its tests run it on 10 digits.
+    # No ais in the job: chains for every one of the 1797 digits over the K grid and three
+    # seeds would cost more than the rest of the job (what AIS costs on this model:
+    # benchmarks/RESULTS.md, section 5). Its tests run it on 10 digits.
     job = Job(steps=5000, lr=0.01, batch_size=128, scope="local",
               methods=("exact", "elbo", "is-guide", "is-prior"),
               why="amortized encoder; per-datapoint evidence, exact reference by 2-D quadrature",

@@ -73,7 +73,7 @@ from typing import Any, Dict
 import torch
 
 from inference.problem import Estimator, NotApplicable, Problem, register
-from inference.posterior import OPTIONS, chain_cost, check, from_draws
+from inference.posterior import MIN_SAMPLES, OPTIONS, chain_cost, check, from_draws
 from inference.proposals import (Densities, Gaussian, Guide, proposal_densities,
                                  relabellings)
 
@@ -83,6 +83,7 @@ class Bridge(Estimator):
     name = "bridge"
     summary = "bridge sampling from HMC posterior draws, Gaussian or guide proposal (normal, warp-3)"
     weighted = False
+    min_samples = MIN_SAMPLES
     options = dict(OPTIONS, proposal="gaussian", variant="normal", tol=1e-10, max_iter=1000)
 
     def evaluations(self, num_samples: int, **options: Any) -> float:

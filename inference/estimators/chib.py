@@ -63,7 +63,7 @@ from typing import Any, Dict
 import torch
 
 from inference.problem import Estimator, Problem, register
-from inference.posterior import OPTIONS, chain_cost, check, from_draws
+from inference.posterior import MIN_SAMPLES, OPTIONS, chain_cost, check, from_draws
 from inference.proposals import (Densities, Gaussian, Guide, proposal_densities,
                                  relabellings)
 
@@ -73,6 +73,7 @@ class Chib(Estimator):
     name = "chib"
     summary = "Chib-Jeliazkov ordinate from HMC posterior draws; mixtures symmetrised over relabellings"
     weighted = False
+    min_samples = MIN_SAMPLES
     options = dict(OPTIONS, proposal="gaussian")
 
     def evaluations(self, num_samples: int, **options: Any) -> float:

@@ -96,6 +96,7 @@ class Nested(Estimator):
     name = "nested"
     summary = "nested sampling over the prior: K live points, constrained random-walk moves"
     weighted = False
+    min_samples = 2
     options = {"mcmc_steps": None, "batch": 0.5, "stop_fraction": 0.01}
     checks = {"mcmc_steps": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
                                                      and v >= 1), "None or an integer >= 1"),
@@ -107,8 +108,9 @@ class Nested(Estimator):
     def run(self, problem: Problem, **options: Any) -> Dict[str, Any]:
         o = {**self.options, **options}
         steps, K = o["mcmc_steps"], problem.num_samples
-        if K < 2:
-            raise ValueError(f"nested sampling needs K >= 2 live points (num_samples), got {K}")
+        if K < self.min_samples:
+            raise ValueError(f"nested sampling needs K >= {self.min_samples} live points "
+                             f"(num_samples), got {K}")
         b = min(K - 1, max(1, round(o["batch"] * K)))
         check_target(problem, "prior")
         kc, bc = plan(problem, "prior", per_chain=2.0)
@@ -265,10 +267,10 @@ def ensemble_cholesky(points: torch.Tensor) -> torch.Tensor:
     """A Cholesky factor ``[B, D, D]`` of the covariance of ``points [m, B, D]``: its diagonal
     where there are too few points to estimate it (m <= 2 D; a dense estimate from as few made
     the 30-D LogGamma's estimate twice as biased) or it is not positive definite, the identity
-    where a coordinate does not vary or m < 2."""
+    where a coordinate does not vary or m < 2 (m = 0: one survivor, the other half empty)."""
     m, _, D = points.shape
     if m < 2:
-        return torch.diag_embed(torch.ones_like(points[0]))
+        return torch.diag_embed(points.new_ones(points.shape[1:]))
     c = points - points.mean(0)
     cov = torch.einsum("mbd,mbe->bde", c, c) / (m - 1)
     var = cov.diagonal(dim1=-2, dim2=-1)

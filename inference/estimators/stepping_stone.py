@@ -86,6 +86,7 @@ class SteppingStone(Estimator):
     name = "stepping-stone"
     summary = "power posteriors on a temperature ladder with HMC: stepping-stone ratios or TI"
     weighted = False
+    min_samples = 2
     options = dict(OPTIONS, rule="stepping-stone", temperatures=32, schedule="power",
                    start="prior", moves=5, groups=10)
     checks = dict(CHECKS, rule=one_of(*RULES), moves=integer(1), groups=integer(2))
@@ -100,8 +101,9 @@ class SteppingStone(Estimator):
         o = {**self.options, **options}
         check_options(o["start"], o["leapfrog_steps"], o["step_size"], o["target_accept"])
         K = problem.num_samples
-        if K < 2:
-            raise ValueError(f"stepping-stone needs K >= 2 chains (num_samples) for its stderr, got {K}")
+        if K < self.min_samples:
+            raise ValueError(f"stepping-stone needs K >= {self.min_samples} chains (num_samples) "
+                             f"for its stderr, got {K}")
         betas = schedule(o["temperatures"], o["schedule"])
         check_target(problem, o["start"])
         plan_, (kc, bc) = chunks(problem, o["start"])

@@ -1,34 +1,43 @@
-"""``ppzoo``: list the zoo, fit a model, estimate its evidence, run the full comparison.
+"""``ppzoo``: list the zoo, fit a model, estimate its evidence, run the full comparison -- on
+the zoo's models or on a user's own model/guide pair.
 
     ppzoo list
     ppzoo fit MODEL --out DIR [--data PATH] [--subset N] [--steps N] [--batch-size B]
               [--lr LR] [--lr-decay F] [--seed S] [--option key=value ...] [--resume]
               [--loss trace|meanfield|traceenum] [--kl-weight BETA] [--no-compile]
+    ppzoo fit --model FILE.py[:MODEL,GUIDE[,LOG_EVIDENCE]] --data DATA.csv|.npz --out DIR
+              [--columns A,B ...] [--data-plate NAME] [--scope local|global] [...as above]
     ppzoo estimate DIR [--method M ...] [-K 1 -K 10 ...] [--seeds N] [--data PATH]
     ppzoo sample DIR -n N --out FILE.csv|FILE.npz [--seed S] [--mean] [--force]
-    ppzoo compare [MODEL ...] --out DIR [--quick] [--resume]
+    ppzoo compare [MODEL ...] --out DIR [--quick] [--resume] [--steps N ... -K K ... --seeds N]
+    ppzoo compare --model FILE.py --data DATA --out DIR [...as above, and fit's pair flags]
     ppzoo bench --out DIR [--quick] [--target NAME ...] [--method M ...] [--resume]
     ppzoo calibrate --out DIR [--quick] [--target NAME ...] [--method M ...] [--seeds N] [--resume]
 
 Every command but ``list`` also takes ``--device cpu|cuda``, ``--threads N`` (PyTorch CPU
 threads, default 1) and ``--no-progress``. Fit defaults (steps, lr, batch size) are the
-compare job's for that model (its class's ``job``, :class:`zoo.Job`).
+compare job's for that model (its class's ``job``, :class:`zoo.Job`; for ``--model``, the
+defaults of :class:`zoo.Job`); flags replace them. ``--model`` loads a user's file and runs its
+code (:mod:`zoo.app.usermodel`); the run records the file's SHA-256, and a command reading the
+run refuses the file once changed.
 
 Every check that can fail (model, method, options and their types, settings, data, device,
-output directory, saved state) runs before any long work and ends the command with one line on
-stderr and exit status 2, writing nothing. An unexpected error prints one line naming the file
-that holds its traceback (exit status 1; ``--debug`` raises it instead). A command holds an
-exclusive lock on the folder it writes to, and never writes over a file a run owns or reads
-(``sample`` replaces another existing file only with ``--force``). Ctrl-C keeps what is
-finished (exit status 130; before the libraries have loaded it ends the command at once);
-``compare --resume`` continues from it, ``fit --resume`` continues a fit from its last
-checkpoint, and ``estimate`` run again appends only the rows ``estimates.csv`` lacks.
-Under ``torchrun`` (``WORLD_SIZE`` > 1) ``fit`` and ``estimate`` run data-parallel, and rank 0
-alone writes the folder (:mod:`inference.distributed`); a refusal on any rank ends every rank
-with exit status 2 and one line (:func:`zoo.app.jobs.refusal`).
+output directory, saved state; a user's file, names and one trace of the pair on its data)
+runs before any long work and ends the command with one line on stderr and exit status 2,
+writing nothing. An unexpected error prints one line naming the file that holds its traceback
+(exit status 1; ``--debug`` raises it instead). A command holds an exclusive lock on the folder
+it writes to, and never writes over a file a run owns or reads (``sample`` replaces another
+existing file only with ``--force``). Ctrl-C keeps what is finished (exit status 130; before
+the libraries have loaded it ends the command at once); ``compare --resume`` continues from
+it, ``fit --resume`` continues a fit from its last checkpoint, and ``estimate`` run again
+appends only the rows ``estimates.csv`` lacks. Under ``torchrun`` (``WORLD_SIZE`` > 1) ``fit``
+and ``estimate`` run data-parallel, and rank 0 alone writes the folder
+(:mod:`inference.distributed`); a refusal on any rank ends every rank with exit status 2 and
+one line (:func:`zoo.app.jobs.refusal`).
 
-(About 490 lines: one parser and one short function per command; the work they call lives in
-:mod:`zoo.app.jobs`, :mod:`zoo.app.report` and :mod:`zoo.app.heldout`.)
+One parser and one short function per command; the work they call lives in
+:mod:`zoo.app.jobs`, :mod:`zoo.app.report`, :mod:`zoo.app.heldout` and
+:mod:`zoo.app.usermodel`.
 """
 
 from __future__ import annotations
@@ -80,6 +89,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     import zoo
 
     width = max(40, min(shutil.get_terminal_size().columns, 100))
+    if args.methods:
+        import inference
+        from inference import estimators
+
+        for name in inference.methods():
+            print(name)
+            print(textwrap.fill(estimators.get(name).summary, width, initial_indent="  ",
+                                subsequent_indent="    "))
+        return 0
     for e in (zoo.get(name) for name in zoo.names()):
         print(e.name)
         for label, text in (("", e.summary), ("data: ", e.default_data),
@@ -103,24 +121,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     from zoo.app import jobs
 
-    jobs.check_models([args.model])
+    _one_model(args)
     jobs.check_device(args.device)
-    base = jobs.job_for(args.model)
-    job = dataclasses.replace(
-        base, options=_parse_options(args.option),
-        steps=base.steps if args.steps is None else args.steps,
-        lr=base.lr if args.lr is None else args.lr,
-        lr_decay=base.lr_decay if args.lr_decay is None else args.lr_decay,
-        batch_size=base.batch_size if args.batch_size is None else args.batch_size,
-        loss=base.loss if args.loss is None else args.loss,
-        kl_weight=base.kl_weight if args.kl_weight is None else args.kl_weight,
-        subset=args.subset, scope=None, estimate_options={},
-    )
+    base = jobs.job_for(args.model) if args.user_model is None else jobs.user_job()
+    job = dataclasses.replace(base, options=_parse_options(args.option), subset=args.subset,
+                              scope=args.scope, estimate_options={}, **_fit_overrides(args))
     jobs.check_fit_settings(job, args.seed)
-    entry = jobs.make_entry(args.model, job.options)
+    if args.user_model is None:
+        entry = jobs.make_entry(args.model, job.options)
+        data_path = None if args.data is None else _data_arg(args.data)
+    else:
+        entry, data_path = _user_pair(args, job)
     jobs.check_loss(job, entry)
-    data_path = None if args.data is None else _data_arg(args.data)
     data = jobs.load_data(entry, data_path, job.subset, args.device)
+    if args.user_model is not None:  # it runs on its data, or one line, before any writing
+        from zoo.app.usermodel import check_pair
+
+        check_pair(entry, data, job)
     jobs.check_torchrun_fit(job, len(data[0]))
     world = jobs.join(args.device)  # under torchrun: every rank's checks passed
     created = jobs.new_folders(args.out)
@@ -130,7 +147,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume and jobs.fit_started(out):
         config = jobs.fit_config(entry, job, data_path=data_path, seed=args.seed,
                                  device=args.device)
-        jobs.check_resumable(jobs.read_config(out), config, out)
+        previous = jobs.read_config(out)
+        from zoo.app.usermodel import check_unchanged
+
+        check_unchanged(previous, entry, out)
+        jobs.check_resumable(previous, config, out)
         jobs.check_saved(entry, out, data)
         if jobs.fit_finished(out):
             _echo(f"{out} holds a finished fit; nothing to do; next: {PROG} estimate {out}")
@@ -151,6 +172,53 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_model(args: argparse.Namespace) -> None:
+    """``fit``: a zoo model or ``--model FILE.py``, not both; the pair's own flags only with it."""
+    from zoo.app.jobs import UsageError
+
+    if (args.model is None) == (args.user_model is None):
+        raise UsageError("name one model: a zoo model (see ppzoo list) or your own with "
+                         "--model FILE.py:model,guide" if args.model is None else
+                         f"name one model: {args.model} or --model {args.user_model}, not both")
+    _pair_flags(args)
+
+
+def _pair_flags(args: argparse.Namespace) -> None:
+    """Refuse the flags of a user's pair (``--columns``, ``--data-plate``, ``--scope``) without
+    ``--model``."""
+    from zoo.app.jobs import UsageError
+
+    if args.user_model is None:
+        given = [flag for flag, value in (("--columns", args.columns),
+                                          ("--data-plate", args.data_plate),
+                                          ("--scope", args.scope)) if value]
+        if given:
+            raise UsageError(f"{given[0]} describes your own pair and goes with --model "
+                             "FILE.py; a zoo model reads its data and sets its scope itself")
+
+
+def _user_pair(args: argparse.Namespace, job):
+    """``(entry, data path)`` of ``--model`` and ``--data``: the user's file loaded (its code
+    runs) with the pair's flags."""
+    from zoo.app import usermodel
+    from zoo.app.jobs import UsageError
+
+    if args.data is None:
+        raise UsageError(f"--model {args.user_model} needs --data FILE (.csv or .npz): your "
+                         "model has no data of its own")
+    entry = usermodel.load(args.user_model, data_plate=args.data_plate or "data",
+                           columns=args.columns or (), options=job.options)
+    return entry, _data_arg(args.data)
+
+
+def _fit_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The fit settings given on the command line (the job's own for the rest)."""
+    return {key: value for key, value in (
+        ("steps", args.steps), ("lr", args.lr), ("lr_decay", args.lr_decay),
+        ("batch_size", args.batch_size), ("loss", args.loss), ("kl_weight", args.kl_weight))
+        if value is not None}
+
+
 def _data_arg(path: str) -> str:
     # Named data sets (e.g. gmm's "faithful") pass through; files become absolute paths
     # so that config.json still finds them from another working directory.
@@ -163,7 +231,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     methods = jobs.check_methods(args.method or inference.methods())
     ks = args.K or [1, 10, 100, 1000]
-    jobs.check_estimate_settings(ks, args.seeds)
+    seeds = 3 if args.seeds is None else args.seeds
+    jobs.check_estimate_settings(ks, seeds)
     jobs.check_device(args.device)
     folder = Path(args.dir)
     config, entry, fitted = jobs.open_fit(folder, args.device)
@@ -179,10 +248,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     done = table.done()
     inference.load_fit(entry, folder, device=args.device, data=fitted)
     if args.data is not None:
+        evaluator = jobs.evaluation_entry(entry, data)  # or one line: it cannot
         _echo(f"evaluating the fitted {entry.name} on {args.data} ({len(data[0])} datapoints)")
-        evaluator = jobs.evaluation_entry(entry, data)
     df = inference.compare(
-        evaluator, data, methods=methods, num_samples=ks, seeds=range(args.seeds),
+        evaluator, data, methods=methods, num_samples=ks, seeds=range(seeds),
         scope=config.get("scope"), device=args.device, progress=_progress(args),
         on_start=lambda m, k, s: _reference_started(m, config["model"]),
         on_row=table.add if world.writer else None,
@@ -192,7 +261,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         _echo(f"{method} skipped: {reason}")
     rows = table.df
     mine = rows[rows["method"].isin(methods) & (rows["K"].isin(ks) | (rows["K"] == 0))
-                & (rows["seed"] < args.seeds)] if len(rows) else rows
+                & (rows["seed"] < seeds)] if len(rows) else rows
     if len(mine):
         _echo(_estimate_table(mine))
     _echo(f"wrote {path} ({len(table.df) - len(done)} new rows, {len(table.df)} in all)")
@@ -235,6 +304,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     jobs.check_sample_settings(args.n, args.seed)
     folder = Path(args.dir)
     config, entry, fitted = jobs.open_fit(folder)
+    if config.get("source") is not None:
+        raise jobs.UsageError(f"{folder} is a fit of your own pair (--model {entry.spec}): "
+                              "ppzoo sample draws from the zoo's models only; draw from yours "
+                              "with pyro.infer.Predictive(model, guide=guide, ...) in Python")
     out = jobs.check_sample_out(args.out, folder, config, force=args.force)
     jobs.check_draws(args.n, fitted)
     inference.load_fit(entry, folder, data=fitted)
@@ -260,10 +333,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zoo.app import report
+    import dataclasses
 
+    from zoo.app import jobs, report
+
+    _pair_flags(args)
+    overrides = dict(_fit_overrides(args), **{key: value for key, value in (
+        ("methods", args.method and tuple(dict.fromkeys(args.method))),
+        ("num_samples", args.K and tuple(dict.fromkeys(args.K))), ("seeds", args.seeds),
+        ("test_fraction", args.test_fraction)) if value is not None})
+    user = None
+    if args.user_model is not None:
+        if args.models:
+            raise jobs.UsageError(f"name the zoo's models ({' '.join(args.models)}) or your own "
+                                  f"with --model, not both; compare them in two runs")
+        jobs.check_device(args.device)
+        job = dataclasses.replace(jobs.user_job(args.quick), options=_parse_options(args.option),
+                                  scope=args.scope, **overrides)
+        report.check_job(job)
+        entry, data_path = _user_pair(args, job)
+        user = report.UserRequest(entry, job, data_path)
+    elif args.option or args.data is not None:
+        flag = "--option" if args.option else "--data"
+        raise jobs.UsageError(f"{flag} goes with --model FILE.py (your pair's keyword arguments "
+                              "and data); the zoo's models use their own options and data")
     plan = report.prepare_compare(args.models, args.out, quick=args.quick, device=args.device,
-                                  resume=args.resume)
+                                  resume=args.resume, overrides=overrides, user=user)
     report.run_compare(plan, progress=_progress(args), echo=_echo)
     return 0
 
@@ -325,13 +420,29 @@ def _refuse(line: str, heard: bool = False) -> None:
     print(f"{PROG}: error: {line}", file=sys.stderr)
 
 
+#: the registered models and methods, as --help names them (the parser is built without
+#: importing torch, so --help answers at once; a test checks them against zoo.names() and
+#: inference.methods())
+MODEL_NAMES = "dlvm, fa, fvsbn, gmm, independent, map_l2, nade, vae"
+METHOD_NAMES = ("elbo, is-guide, is-prior, exact, ais, bdmc, smc, laplace, harmonic-mean, bridge, "
+                "chib, nested, stepping-stone")
+
+RUNS_CODE = ("Loading the file runs its code, as python FILE.py would (all but its if __name__ "
+             "== '__main__': part): use it on files you trust.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog=PROG, description="ppzoo: a zoo of Pyro models, SVI fits and evidence estimators.")
+        prog=PROG, description="ppzoo: a zoo of Pyro models, SVI fits and evidence estimators; "
+                               "your own model/guide pair runs through the same job "
+                               "(fit/compare --model FILE.py --data DATA).")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("list", help="registered models: summary, default data, exact references")
+    ls = sub.add_parser("list", help="registered models: summary, default data, exact "
+                                     "references (--methods: the estimators)")
+    ls.add_argument("--methods", action="store_true",
+                    help="list the registered estimators (the --method names) instead")
 
     common = _Parser(add_help=False)
     common.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -343,28 +454,70 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PyTorch CPU threads (default 1: the zoo's models are small, and "
                              "more threads contend with other processes)")
 
-    f = sub.add_parser("fit", parents=[common], help="fit a model by SVI and save it")
-    f.add_argument("model", metavar="MODEL", help="a registered model (see ppzoo list)")
+    pair = _Parser(add_help=False)  # a user's own model/guide pair
+    g = pair.add_argument_group("your own model (instead of a zoo model)")
+    g.add_argument("--model", dest="user_model", metavar="FILE.py[:MODEL,GUIDE[,LOG_EVIDENCE]]",
+                   help="your Pyro model and guide: top-level names in FILE.py (default model "
+                        "and guide; a guide may be an autoguide object). The exact reference "
+                        "is LOG_EVIDENCE, else a top-level log_evidence(*data) if the file has "
+                        "one: log p(data) as a number, or one value per datapoint. "
+                        "A top-level networks = {name: module} saves what pyro.module "
+                        f"registers. {RUNS_CODE} Needs --data.")
+    g.add_argument("--columns", action="append", metavar="A,B,...",
+                   help="CSV columns (header names or 1-based numbers) making one data tensor "
+                        "(1-D for one column); repeat for the next argument of the model, e.g. "
+                        "--columns x1,x2 --columns y. Default: a header naming the model's "
+                        "arguments gives one column each; else every column, one tensor. An "
+                        ".npz gives its arrays, by name where they name the arguments")
+    g.add_argument("--data-plate", metavar="NAME",
+                   help="the pyro.plate over datapoints (default \"data\", or the one plate "
+                        "whose size is the number of datapoints)")
+    g.add_argument("--scope", choices=("local", "global"),
+                   help="local: log p(x_n) per datapoint; global: log p(X) (default: local "
+                        "when every latent is in the data plate)")
+
+    fitting = _Parser(add_help=False)
+    fitting.add_argument("--steps", type=int, metavar="N", help="SVI steps (default: per model; "
+                                                                "1000 for --model)")
+    fitting.add_argument("--batch-size", type=int, metavar="B",
+                         help="minibatch size (default: per model; all data for --model)")
+    fitting.add_argument("--lr", type=float,
+                         help="initial learning rate (default: per model; 0.01 for --model)")
+    fitting.add_argument("--lr-decay", type=float, metavar="F",
+                         help="learning rate at the last step as a fraction of --lr (default "
+                              "0.1)")
+    fitting.add_argument("--loss", metavar="L",
+                         help="the ELBO: trace (sampled), meanfield (KL term in closed form "
+                              "where one exists) or traceenum (default: per model)")
+    fitting.add_argument("--kl-weight", type=float, metavar="BETA",
+                         help="weight of the KL term while training (beta-VAE; default 1, the "
+                              "ELBO); evidence estimates are of the model itself")
+
+    estimating = _Parser(add_help=False)
+    estimating.add_argument("--method", action="append", metavar="M",
+                            help=f"{METHOD_NAMES} (see ppzoo list --methods); repeat for "
+                                 "several (default: all)")
+    estimating.add_argument("-K", action="append", type=int, metavar="K",
+                            help="number of samples; repeat for several (default: 1 10 100 "
+                                 "1000; compare: the model's job's)")
+    estimating.add_argument("--seeds", type=int, metavar="N",
+                            help="seeds 0..N-1 (default 3; compare: the model's job's)")
+
+    f = sub.add_parser("fit", parents=[common, fitting, pair],
+                       help="fit a model (a zoo model or --model FILE.py) by SVI and save it")
+    f.add_argument("model", metavar="MODEL", nargs="?",
+                   help=f"a registered model: {MODEL_NAMES} (see ppzoo list); or --model")
     f.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
-    f.add_argument("--data", metavar="PATH", help="data file (default: the model's embedded data)")
+    f.add_argument("--data", metavar="PATH",
+                   help="data file (default: the model's embedded data; --model: a .csv or .npz)")
     f.add_argument("--subset", type=int, metavar="N", help="use the first N datapoints")
-    f.add_argument("--steps", type=int, metavar="N", help="SVI steps (default: per model)")
-    f.add_argument("--batch-size", type=int, metavar="B",
-                   help="minibatch size (default: per model)")
-    f.add_argument("--lr", type=float, help="initial learning rate (default: per model)")
-    f.add_argument("--lr-decay", type=float, metavar="F",
-                   help="learning rate at the last step as a fraction of --lr (default 0.1)")
-    f.add_argument("--loss", metavar="L",
-                   help="the ELBO: trace (sampled), meanfield (KL term in closed form where "
-                        "one exists) or traceenum (default: per model)")
-    f.add_argument("--kl-weight", type=float, metavar="BETA",
-                   help="weight of the KL term while training (beta-VAE; default 1, the ELBO); "
-                        "evidence estimates are of the model itself")
     f.add_argument("--seed", type=int, default=0,
                    help="seeds the initialisation, the particles and the minibatch order "
                         "(default 0)")
     f.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="model constructor option, e.g. --option guide=gaussian K=4")
+                   help="model constructor option, e.g. --option guide=gaussian K=4; with "
+                        "--model, keyword arguments of every call of model, guide and "
+                        "log_evidence")
     f.add_argument("--no-compile", action="store_true",
                    help="take every SVI step eagerly (default: after the first, the compiled "
                         "step where it applies, the same fit faster; the line after the fit "
@@ -373,18 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted fit in DIR from its last checkpoint (same "
                         "settings; checkpoints every 10%% of the steps, at least 50)")
 
-    e = sub.add_parser("estimate", parents=[common], help="estimate log p(x) of a fitted run")
-    e.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit")
-    e.add_argument("--method", action="append", metavar="M",
-                   help="elbo, is-guide, is-prior or exact; repeat for several (default: all)")
-    e.add_argument("-K", action="append", type=int, metavar="K",
-                   help="number of samples; repeat for several (default: 1 10 100 1000)")
-    e.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
+    e = sub.add_parser("estimate", parents=[common, estimating],
+                       help="estimate log p(x) of a fitted run")
+    e.add_argument("dir", metavar="DIR",
+                   help="output directory of ppzoo fit (a fit of --model FILE.py loads FILE.py "
+                        "again, running its code, once its SHA-256 is checked unchanged)")
     e.add_argument("--data", metavar="PATH",
                    help="evaluate the fitted model on this data file instead of its own (rows "
                         "in estimates-STEM-HASH.csv; e.g. a held-out set)")
 
-    s = sub.add_parser("sample", help="draw new data from a fitted run")
+    s = sub.add_parser("sample", help="draw new data from a fitted run of a zoo model")
     s.add_argument("dir", metavar="DIR", help="output directory of ppzoo fit (or compare's OUT/MODEL)")
     s.add_argument("-n", type=int, default=100, metavar="N", help="how many datapoints (default 100)")
     s.add_argument("--out", required=True, metavar="FILE", help="a .csv or .npz file to write")
@@ -395,11 +546,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace --out if it exists (never a file of a run folder, nor the "
                         "data the run was fitted on)")
 
-    c = sub.add_parser("compare", parents=[common],
-                       help="fit every model and compare every estimator (the full report)")
-    c.add_argument("models", nargs="*", metavar="MODEL", help="default: every registered model")
+    c = sub.add_parser("compare", parents=[common, fitting, estimating, pair],
+                       help="fit every model and compare every estimator (the full report); "
+                            "--model FILE.py --data DATA: the same for your own pair",
+                       description="Fit each model, run every estimator over the K grid and "
+                                   "seeds, and write results.csv, summary.md and plots. The "
+                                   "flags that set fit or estimate settings replace those of "
+                                   "every model's job.")
+    c.add_argument("models", nargs="*", metavar="MODEL",
+                   help=f"default: every registered model ({MODEL_NAMES})")
     c.add_argument("--out", required=True, metavar="DIR",
                    help="new or empty output directory (or a previous run, with --resume)")
+    c.add_argument("--data", metavar="PATH", help="--model's data: a .csv or .npz file")
+    c.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="--model's keyword arguments (of every call of model, guide and "
+                        "log_evidence)")
+    c.add_argument("--test-fraction", type=float, metavar="F",
+                   help="share of the datapoints held out of the fit, local scope only "
+                        "(default: per model; 0.2 for --model; 0: none)")
     c.add_argument("--quick", action="store_true",
                    help="a quick look: short fits, K in (1, 10, 100), 2 seeds, data subsets")
     c.add_argument("--resume", action="store_true",

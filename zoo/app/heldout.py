@@ -77,8 +77,11 @@ def new_data_problem(entry, data) -> Optional[str]:
     local = per_datapoint_params(inference.as_target(entry), data)
     if not local:
         return None
+    why = (" (a guide without them, e.g. an amortized one, would evaluate held-out rows)"
+           if getattr(entry, "source", None) else
+           ", and its class defines no for_new_data to fit new ones")
     return (f"{entry.name}'s guide keeps parameters per datapoint ({', '.join(local)}), fitted "
-            "to its training rows, and its class defines no for_new_data to fit new ones")
+            f"to its training rows{why}")
 
 
 def evaluation_entry(entry, data):

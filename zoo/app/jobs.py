@@ -42,6 +42,12 @@ def job_for(name: str, quick: bool = False) -> Job:
     return zoo.model_class(name).job.settings(quick)
 
 
+def user_job(quick: bool = False) -> Job:
+    """The compare job's settings for a user's pair (``--model``): the defaults of
+    :class:`zoo.Job` (``--quick``: those of every zoo model), before the command's flags."""
+    return zoo.ZooModel.job.settings(quick)
+
+
 def job_methods(job: Job) -> List[str]:
     """The methods a job runs: its own list, else every registered one."""
     return list(job.methods) if job.methods is not None else list(inference.methods())
@@ -88,6 +94,7 @@ def cli_words(message: str) -> str:
 
 
 def make_entry(name: str, options: Dict[str, Any]):
+    """The zoo's model ``name`` built with ``options`` (:func:`zoo.get`)."""
     try:
         return zoo.get(name, **options)
     except (TypeError, ValueError) as e:
@@ -112,6 +119,18 @@ def load_data(entry, path: Optional[str] = None, subset: Optional[int] = None,
         raise UsageError(cli_words(f"cannot use data {path or '(default)'} for {entry.name}: "
                                    f"{e}")) from None
     return tuple(t.to(device) for t in data)
+
+
+def entry_for(config: Dict[str, Any], folder: os.PathLike):
+    """The entry a run's ``config`` (read from ``folder``) was fitted with: the zoo's model, or
+    the user's pair of ``--model`` (its file checked unchanged before it runs,
+    :func:`zoo.app.usermodel.reopen`)."""
+    if config.get("source") is not None:
+        from zoo.app import usermodel
+
+        return usermodel.reopen(config["source"], config["options"], folder)
+    check_models([config["model"]])
+    return make_entry(config["model"], config["options"])
 
 
 #: the largest -K (particles) accepted: memory stays within the chunk budget for any K, but
@@ -230,6 +249,12 @@ def _config_problem(config: Dict[str, Any]) -> Optional[str]:
         return f"'model' must be a model name, got {model!r}"
     if not isinstance(config["options"], dict):
         return f"'options' must be an object, got {config['options']!r}"
+    if config.get("source") is not None:
+        from zoo.app.usermodel import source_problem
+
+        problem = source_problem(config["source"])
+        if problem:
+            return problem
     if not isinstance(config.get("data"), (str, type(None))):
         return f"'data' must be a path or null, got {config.get('data')!r}"
     if subset is not None and not (_number(subset, True) and subset >= 1):
@@ -260,9 +285,11 @@ def _config_problem(config: Dict[str, Any]) -> Optional[str]:
 # ---------------------------------------------------------------------------- fitting
 def fit_config(entry, job: Job, *, data_path: Optional[str], seed: int, device: str) -> Dict:
     """What ``config.json`` records of a fit: everything needed to repeat it."""
+    source = getattr(entry, "source", None)  # a user's pair (zoo.app.usermodel)
     return {
-        "model": entry.name, "options": job.options, "data": data_path, "subset": job.subset,
-        "scope": job.scope, "estimate_options": job.estimate_options,
+        "model": entry.name, **({"source": source} if source else {}), "options": job.options,
+        "data": data_path, "subset": job.subset, "scope": job.scope,
+        "estimate_options": job.estimate_options,
         "fit": {"steps": job.steps, "lr": job.lr, "lr_decay": job.lr_decay,
                 "batch_size": job.batch_size, "num_particles": job.num_particles, "seed": seed,
                 "device": device, "loss": job.loss, "kl_weight": job.kl_weight},
@@ -276,8 +303,11 @@ def check_resumable(previous: Dict[str, Any], config: Dict[str, Any], folder: Pa
         c_fit = {"loss": None, "kl_weight": 1.0, **c.get("fit", {})}  # older configs: defaults
         fit = {f"--{k.replace('_', '-')}": v for k, v in c_fit.items()
                if k in ("steps", "lr", "lr_decay", "batch_size", "seed", "loss", "kl_weight")}
+        source = c.get("source") or {}
         return {"MODEL": c.get("model"), "--option": c.get("options"), "--data": c.get("data"),
-                "--subset": c.get("subset"), **fit}
+                "--subset": c.get("subset"), "--scope": c.get("scope"),
+                "--data-plate": source.get("data_plate"), "--columns": source.get("columns"),
+                **fit}
 
     old, new = flat(previous), flat(config)
     differ = [f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k]]
@@ -310,11 +340,12 @@ def open_fit(folder: os.PathLike, device: str = "cpu"):
         raise UsageError(f"{folder} is not a directory; pass the --out DIR of ppzoo fit")
     check_run_files(folder)
     config = read_config(folder)
-    check_models([config["model"]])
+    if config.get("source") is None:
+        check_models([config["model"]])
     if not fit_finished(folder):
         raise UsageError(f"{folder} holds no finished fit (state.pt, losses.csv, loss.png): "
                          "finish it with ppzoo fit ... --resume")
-    entry = make_entry(config["model"], config["options"])
+    entry = entry_for(config, folder)
     data = fitted_rows(load_data(entry, config.get("data"), config.get("subset"), device), config)
     check_saved(entry, folder, data)
     return config, entry, data

@@ -41,10 +41,12 @@ from inference import estimators
 from inference.io import write_text
 from zoo.app import summary
 from zoo.app.jobs import (
-    RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
-    check_device, check_models, check_saved, fit_entry, fit_finished, job_for, job_methods,
-    evaluation_entry, load_data, make_entry, new_data_problem, prepare_run, save_figure, split_data, split_record,
+    CONFIG_FILE, RESULTS_FILE, RUN_FILE, SKIPPED_FILE, SUMMARY_FILE, Job, Rows, UsageError,
+    check_device, check_estimate_settings, check_fit_settings, check_methods, check_models,
+    check_saved, evaluation_entry, fit_entry, fit_finished, job_for, job_methods, load_data,
+    make_entry, new_data_problem, prepare_run, save_figure, split_data, split_record,
 )
+from zoo.app.usermodel import check_pair, check_unchanged
 
 # ---------------------------------------------------------------------------- compare job
 @dataclasses.dataclass
@@ -63,28 +65,82 @@ class Plan:
     #: why a model with a ``test_fraction`` holds nothing out (see :func:`new_data_problem`)
     unheld: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
     table: Optional["Results"] = None
+    #: the data file a model reads (``None``: its default data), recorded in its config.json
+    paths: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRequest:
+    """A user's pair for the compare job (``ppzoo compare --model FILE.py --data DATA``): the
+    entry (:class:`zoo.app.usermodel.UserPair`), its job and its data file."""
+
+    entry: Any
+    job: Job
+    data_path: str
 
 
 def prepare_compare(models: Sequence[str], out: os.PathLike, *, quick: bool = False,
-                    device: str = "cpu", resume: bool = False) -> Plan:
-    """Every check of ``ppzoo compare`` that can fail, before any long work: model names,
-    device, output directory, model options and data. Raises :class:`UsageError`."""
-    names = check_models(models)
+                    device: str = "cpu", resume: bool = False,
+                    overrides: Optional[Dict[str, Any]] = None,
+                    user: Optional[UserRequest] = None) -> Plan:
+    """Every check of ``ppzoo compare`` that can fail, before any long work and before anything
+    is written: model names (or the ``user``'s pair: its file, data, and one trace of it),
+    device, job settings (each model's job with ``overrides``), model options and data, then
+    the output directory. Raises :class:`UsageError`."""
     check_device(device)
-    out = prepare_run(out, marker=RUN_FILE, resume=resume, quick=quick)
-    jobs = {n: job_for(n, quick) for n in names}
-    entries = {n: make_entry(n, jobs[n].options) for n in names}
+    if user is None:
+        names = check_models(models)
+        jobs = {n: dataclasses.replace(job_for(n, quick), **(overrides or {})) for n in names}
+        entries = {n: make_entry(n, jobs[n].options) for n in names}
+        paths: Dict[str, Optional[str]] = {n: None for n in names}
+    else:
+        names = [user.entry.name]
+        jobs, entries, paths = ({names[0]: user.job}, {names[0]: user.entry},
+                                {names[0]: user.data_path})
+    for job in jobs.values():
+        check_job(job)
     data, test, unheld = {}, {}, {}
     for n in names:  # held out only where the fitted model can evaluate new rows
-        data[n] = load_data(entries[n], None, jobs[n].subset, device)
+        data[n] = load_data(entries[n], paths[n], jobs[n].subset, device)
+        if user is not None:  # the pair runs on its data, and its scope is known, or one line
+            jobs[n] = dataclasses.replace(jobs[n], scope=check_pair(entries[n], data[n], jobs[n]))
         holds = jobs[n].test_fraction and jobs[n].scope != "global"
         unheld[n] = new_data_problem(entries[n], data[n]) if holds else None
         fraction = jobs[n].test_fraction if holds and not unheld[n] else 0.0
         data[n], test[n] = split_data(data[n], fraction, jobs[n].split_seed)
+    out = prepare_run(out, marker=RUN_FILE, resume=resume, quick=quick)
+    run = summary.read_json(out / RUN_FILE)
+    if run is not None and user is None and not models:
+        _check_no_user_run(out, run)
     for n in names:  # foreign or unreadable state is refused here, before any work
+        previous = summary.read_json(out / n / CONFIG_FILE)
+        if previous is not None:
+            check_unchanged(previous, entries[n], out / n)
         check_saved(entries[n], out / n, data[n])
     table = Results(out / RESULTS_FILE)  # so is an unreadable results.csv
-    return Plan(out, names, quick, device, resume, jobs, entries, data, test, unheld, table)
+    return Plan(out, names, quick, device, resume, jobs, entries, data, test, unheld, table,
+                paths)
+
+
+def check_job(job: Job) -> None:
+    """A job's settings (as changed on the command line): one line naming what is wrong."""
+    check_fit_settings(job, 0)
+    check_estimate_settings(job.num_samples, job.seeds)
+    if job.methods is not None:
+        check_methods(job.methods)
+    if not (isinstance(job.test_fraction, (int, float)) and 0 <= job.test_fraction < 1):
+        raise UsageError(f"--test-fraction must be a number in [0, 1), got {job.test_fraction!r}")
+
+
+def _check_no_user_run(out: Path, run: Dict[str, Any]) -> None:
+    """A run of a user's pair resumes with its ``--model`` (else the zoo's models would join it)."""
+    for name in run.get("models", []):
+        config = summary.read_json(out / name / CONFIG_FILE) or {}
+        source, data = config.get("source"), config.get("data")
+        if isinstance(source, dict):
+            raise UsageError(f"{out} is a run of --model {source.get('file')}; resume it with "
+                             f"--model {source.get('file')}:{source.get('model')},"
+                             f"{source.get('guide')} --data {data} --resume")
 
 
 def run_compare(plan: Plan, *, progress: bool = False,
@@ -105,7 +161,8 @@ def run_compare(plan: Plan, *, progress: bool = False,
             folder.mkdir(exist_ok=True)
             if plan.unheld.get(name):
                 echo(f"{name}: nothing held out: {plan.unheld[name]}")
-            fit_entry(entry, data, job, folder, device=plan.device, progress=progress, echo=echo,
+            fit_entry(entry, data, job, folder, data_path=plan.paths.get(name),
+                      device=plan.device, progress=progress, echo=echo,
                       split=split_record(job, data, plan.test.get(name), plan.unheld.get(name)))
         inference.load_fit(entry, folder, device=plan.device, data=data)
         skipped = summary.read_json(folder / SKIPPED_FILE) or {}

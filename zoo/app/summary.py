@@ -32,12 +32,7 @@ How to read the tables:
 
 - **log p(x)** -- the log marginal likelihood (the evidence) of the data under the fitted model,
   in nats, summed over all datapoints; *per datapoint* divides it by their number N.
-- **Methods.** *exact*: the reference, computed without sampling (closed form, enumeration or
-  quadrature). *elbo*: the average of log w over K draws z from the guide q, where
-  w = p(x, z) / q(z) -- the lower bound that training maximises. *is-guide*: log of the average
-  of w over K guide draws (importance sampling; the IWAE bound), which rises towards log p(x)
-  as K grows. *is-prior*: the same with draws from the prior, w = p(x | z) -- needs no guide,
-  but wastes most draws when the posterior is narrow.
+{methods}
 - **K** -- the number of samples per estimate (per datapoint where the estimate is per
   datapoint). Mixture components are called C, not K.
 - **stderr** -- the standard error of one estimate, from its own samples; **spread** -- the
@@ -64,7 +59,8 @@ def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# ppzoo compare", "",
              f"Updated {when}; {'--quick (short fits, small K); ' if run.get('quick') else ''}"
-             f"device {run.get('device', 'cpu')}.", "", LEGEND]
+             f"device {run.get('device', 'cpu')}.", "",
+             LEGEND.format(methods=methods_legend(df["method"] if len(df) else ()))]
     lines += ladder_section(out, df, run.get("models", []))
     for name in run.get("models", []):
         rows = df[df["model"] == name] if not df.empty else df
@@ -72,16 +68,39 @@ def write_summary(out: Path, df: pd.DataFrame, run: Dict[str, Any]) -> Path:
     return write_text("\n".join(lines), out / "summary.md")
 
 
+def methods_legend(used) -> str:
+    """The legend's methods, those of this run in the registry's order, each in its own
+    words (its class's ``summary``): read from the registry, so never out of date."""
+    used = set(used)
+    described = "; ".join(f"*{m}*: {estimators.get(m).summary}" for m in inference.methods()
+                          if m in used)
+    import textwrap
+
+    return textwrap.fill("- **Methods** (w = p(x, z) / q(z) is the weight of a draw z from the "
+                         "guide q; the exact reference is computed without sampling). "
+                         + (described or "none yet") + ".", 96, subsequent_indent="  ")
+
+
 def model_section(name: str, folder: Path, rows: pd.DataFrame) -> List[str]:
     config = read_json(folder / "config.json") or {}
     fit = config.get("fit", {})
-    cls = zoo.model_class(name) if name in zoo.names() else None
+    source = config.get("source")
+    cls = zoo.model_class(name) if name in zoo.names() and not source else None
     lines = [f"## {name}", ""]
     if cls is not None and cls.job.why:
         lines += [f"Setup: {cls.job.why}.", ""]
+    if isinstance(source, dict):
+        reference = (f"`{source['log_evidence']}(*data)` from the file"
+                     if source.get("log_evidence") else "none given (the engine's enumeration "
+                     "or quadrature where the model allows one)")
+        lines += [f"Model: `{source.get('model')}` and `{source.get('guide')}` from "
+                  f"`{source.get('file')}` (SHA-256 {str(source.get('sha256'))[:12]}), data "
+                  f"`{config.get('data')}`; exact reference: {reference}.", ""]
     if "final_loss_per_datapoint" in fit:
-        options = ", ".join(f"{k}={v}" for k, v in config.get("options", {}).items()) or "defaults"
-        lines += [f"Fit: model options {options}; {fit['steps']} SVI steps, learning rate "
+        options = ", ".join(f"{k}={v}" for k, v in config.get("options", {}).items())
+        options = (f"keyword arguments {options or 'none'}" if source else
+                   f"model options {options or 'defaults'}")
+        lines += [f"Fit: {options}; {fit['steps']} SVI steps, learning rate "
                   f"{fit['lr']} decaying to {fit['lr'] * fit['lr_decay']:.3g}, "
                   f"{fit.get('num_particles', 1)} particle(s) per step, batch "
                   f"{fit['batch_size'] or 'all'}, {config.get('subset') or 'all'} datapoints; "
