@@ -8,8 +8,9 @@ the estimators live one per file in :mod:`inference.estimators`, found through i
 
 from inference.calibrate import Calibration, calibrate
 from inference.compare import compare, summarise
-from inference.estimate import METHODS, Estimate, estimate, methods
-from inference.svi import FitResult, fit, load_fit, save_fit
+from inference.estimate import METHODS, estimate, methods
+from inference.results import Estimate, FitResult
+from inference.svi import fit, load_fit, save_fit
 from inference.target import Target, as_target
 
 __all__ = [

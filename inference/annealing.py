@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from inference.estimators import NotApplicable, Problem, integer, number, one_of
+from inference.problem import NotApplicable, Problem, integer, number, one_of
 from inference.hmc import adapt_step_size, transition
 from inference.path import Path, draw, latents
 from inference.replay import NotEnumerable

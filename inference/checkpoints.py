@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from inference import distributed as parallel
 from inference import state as state_file
 from inference.io import PathLike, save_torch, write_with
-from inference.target import Target, as_data, as_target, param_state, set_param_state
-
-if TYPE_CHECKING:
-    from inference.svi import FitResult
+from inference.state import param_state, set_param_state
+from inference.target import Target, as_data, as_target
 
 
 def resume(path, tgt, data, optim, batches, dev, run, columns, world=parallel.World(),
@@ -68,9 +66,10 @@ LOSS_FILE = "losses.csv"
 HELDOUT_FILE = "heldout.csv"
 
 
-def save_fit(result: FitResult, folder: PathLike) -> Path:
+def save_fit(result: Any, folder: PathLike) -> Path:
     """Write the fitted state (``state.pt``, see :mod:`inference.state`) and loss history
-    (``losses.csv``) to ``folder``, each file atomically."""
+    (``losses.csv``) of ``result``, a :class:`~inference.FitResult`, to ``folder``, each file
+    atomically."""
     folder = Path(folder)
     meta = {"target": state_file.identity(result.target), "data": result.state.get("data")}
     save_torch(state_file.pack(result.state, meta, "fit"), folder / STATE_FILE)

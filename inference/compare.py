@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from inference import estimators
 from inference.estimate import MAX_SAMPLES, Estimate, estimate
-from inference.estimators import NotApplicable
-from inference.target import as_data, as_target, load_fitted
+from inference.problem import NotApplicable
+from inference.state import load_fitted
+from inference.target import as_data, as_target
 from inference.weights import stderr_caveats
 
 COLUMNS = [
@@ -66,10 +67,11 @@ def compare(
     """Run ``methods`` x ``num_samples`` x ``seeds`` on one fitted target.
 
     :param methods: registered methods (default: all of them, :func:`inference.methods`).
-        A reference method (``"exact"``) gives one row, K = 0, and is skipped where it does not
-        apply; the others are skipped where they raise
-        :class:`~inference.estimators.NotApplicable` (e.g. ``"is-guide"``/``"elbo"`` with a
-        point-mass guide). The first reference asked for that applies gives every row's
+        A reference method (``"exact"``) gives one row, K = 0. A method is skipped only where
+        it raises :class:`~inference.estimators.NotApplicable` (e.g. ``"exact"`` without a
+        closed form, ``"is-guide"``/``"elbo"`` with a point-mass guide); any other error,
+        e.g. a reference failing its own checks, is raised (rows already passed to ``on_row``
+        stay written). The first reference asked for that applies gives every row's
         ``error`` (NaN without one: a reference can take far longer than the estimates).
     :param num_samples: the K grid (or one K); a method runs at the K it takes
         (``K >= min_samples``, e.g. 4 for ``bridge``), and is skipped where it takes none.
@@ -129,7 +131,7 @@ def compare(
             on_start(ref, 0, 0)
         try:
             exact = estimate(tgt, data, ref, **common)
-        except ValueError as err:
+        except NotApplicable as err:  # anything else (a reference failing its own checks) raises
             skipped[ref] = str(err)
             continue
         if math.isnan(reference):

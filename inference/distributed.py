@@ -43,6 +43,8 @@ import pyro
 import torch
 import torch.distributed as dist
 
+from inference.plates import on_datapoints
+
 
 @dataclasses.dataclass(frozen=True)
 class World:
@@ -236,8 +238,6 @@ def broadcast_params(w: World) -> None:
 def start(w: World, elbo, model, guide, tgt, data, handler) -> None:
     """Create every parameter with one loss evaluation on two datapoints (the RNG left as it
     was), then make them equal on every rank. ``handler`` sets the data plate's indices."""
-    from inference.plates import on_datapoints
-
     if w.size == 1:
         return
     first = torch.arange(min(int(data[0].shape[0]), 2), device=data[0].device)

@@ -31,20 +31,21 @@ weight per particle), seeds, and hands a :class:`~inference.estimators.Problem` 
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import pyro
 import torch
 
 from inference import distributed as parallel
 from inference import estimators
-from inference.estimators import Problem
+from inference.problem import Problem
+from inference.results import Estimate
 from inference.plates import resolve
 from inference.scope import resolve_scope
-from inference.target import as_data, as_target, load_fitted, num_datapoints, resolve_device
+from inference.state import load_fitted
+from inference.target import as_data, as_target, num_datapoints, resolve_device
 from inference.weights import stderr_caveats
 
 #: the built-in methods (those of ``inference/estimators/``); :func:`methods` lists every
@@ -65,65 +66,6 @@ MAX_SAMPLES = 10**9
 #: default chunk budget per device type: on CPU, chunks that stay near the caches are fastest
 #: (the budgets measured: benchmarks/RESULTS.md, section 1); a GPU wants large chunks.
 DEFAULT_BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """One estimate of ``log p(x)``.
-
-    :ivar log_evidence: the estimate of the total ``log p(X)`` (sum over datapoints in local scope).
-    :ivar stderr: its standard error (0 for exact methods).
-    :ivar ess: effective sample size of the weights (mean over datapoints in local scope).
-    :ivar khat: PSIS Pareto k-hat of the log weights (max over datapoints); above 0.7 the
-        estimate is unreliable.
-    :ivar per_datapoint: ``log p(x_n)`` per datapoint (local scope), else ``None``; likewise
-        ``stderr_per_datapoint``, ``ess_per_datapoint``, ``khat_per_datapoint``.
-    :ivar diagnostics: method-specific checks (e.g. the quadrature's own error estimate).
-    :ivar log_weights: with ``keep_weights=True``, every log importance weight: ``[K, N]`` in
-        local scope, ``[K]`` in global scope (for PSIS, ``az.loo``-style analyses, plots).
-    :ivar caveats: why the standard error cannot be vouched for, one sentence each (empty when
-        it can): the method's own checks, and for importance-weighted methods a k-hat above
-        its threshold or too small an ESS (:func:`inference.weights.stderr_caveats`). Reports
-        mark such a stderr and read the spread across seeds instead.
-    """
-
-    method: str
-    scope: str
-    num_samples: int
-    log_evidence: float
-    stderr: float
-    ess: float
-    khat: float
-    seconds: float
-    num_datapoints: int
-    per_datapoint: Optional[torch.Tensor] = None
-    stderr_per_datapoint: Optional[torch.Tensor] = None
-    ess_per_datapoint: Optional[torch.Tensor] = None
-    khat_per_datapoint: Optional[torch.Tensor] = None
-    diagnostics: Dict[str, float] = dataclasses.field(default_factory=dict)
-    log_weights: Optional[torch.Tensor] = None
-    caveats: Tuple[str, ...] = ()
-
-    @property
-    def vouched(self) -> bool:
-        """Whether the standard error can be vouched for (no :attr:`caveats`)."""
-        return not self.caveats
-
-    @property
-    def mean_per_datapoint(self) -> float:
-        return self.log_evidence / self.num_datapoints
-
-    def __repr__(self) -> str:
-        def num(x: float, spec: str) -> str:
-            return "n/a" if x != x else format(x, spec)
-
-        K = "" if self.num_samples == 0 else f", K={self.num_samples}"
-        return (f"Estimate({self.method!r}, scope={self.scope!r}{K}, "
-                f"log_evidence={self.log_evidence:.4f} +- {num(self.stderr, '.4f')} "
-                f"({self.mean_per_datapoint:.4f} per datapoint, N={self.num_datapoints}), "
-                f"ess={num(self.ess, '.4g')}, khat={num(self.khat, '.3g')}, "
-                f"seconds={self.seconds:.3g}"
-                f"{'' if self.vouched else ', stderr not vouched for: ' + '; '.join(self.caveats)})")
 
 
 def estimate(

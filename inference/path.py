@@ -43,14 +43,17 @@ import math
 import operator
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import pyro.poutine as poutine
 import torch
+from pyro.infer.autoguide import AutoGuide
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform
 
 from inference.compiled_path import Graphs, agree, frozen, leaves
-from inference.estimators import NotApplicable, Problem
-from inference.replay import _site_log_density, in_plate, log_weights, sample_sites
+from inference.problem import NotApplicable, Problem
+from inference.replay import NotEnumerable, _site_log_density, in_plate, log_weights, sample_sites
 from inference.sampling import guide_trace
+from inference.target import unwrapped
 
 
 def draw(problem: Problem, count: int, proposal: str, idx, values=None):
@@ -68,6 +71,45 @@ def latents(problem: Problem, model_tr) -> List[Tuple[str, Dict[str, Any]]]:
     return [(n, s) for n, s in sample_sites(model_tr, latent_only=True)
             if s["infer"].get("_enumerate_dim") is None
             and (not problem.local or in_plate(s, plate) is not None)]
+
+
+def check_continuous(problem: Problem, method: str, what: str) -> None:
+    """Refuse a discrete latent the model does not sum out by enumeration (one line)."""
+    idx = torch.arange(min(2, len(problem.data[0])), device=problem.data[0].device) \
+        if problem.local else None
+    try:
+        _, model_tr, _ = draw(problem, 1, "prior", idx)
+    except NotEnumerable as err:
+        raise NotApplicable(f"site {err.site!r} depends on a discrete latent enumerated outside "
+                            f"the data plate: {method} needs continuous latents; use 'is-guide'"
+                            ) from None
+    for name, site in latents(problem, model_tr):
+        if site["fn"].support.is_discrete:
+            raise NotApplicable(
+                f"latent site {name!r} is discrete: {what} needs continuous latents; mark it for "
+                "enumeration inside the data plate (pyro.infer.config_enumerate) or use 'is-guide'")
+
+
+def guide_start(problem: Problem, path: Path, idx: Optional[torch.Tensor],
+                point: bool = True) -> torch.Tensor:
+    """Where to start, ``[C, B, D]`` in the path's coordinates: with ``point``, an autoguide's
+    median (global scope); else one draw of the guide per chain; else (a guide that cannot
+    propose every latent) the path's own draw from the prior."""
+    tgt = problem.target
+    guide = unwrapped(tgt.guide)
+    try:
+        if point and isinstance(guide, AutoGuide) and not problem.local:
+            with poutine.block(), torch.no_grad():
+                median = guide.median(*problem.data, **dict(tgt.kwargs))
+            values = {n: torch.broadcast_to(median[n].detach(), path.initial_values[n].shape)
+                      for n, *_ in path.sites}
+        else:
+            _, model_tr, _ = draw(problem, path.count, "guide", idx)
+            values = {n: model_tr.nodes[n]["value"].detach() for n, *_ in path.sites}
+        start = path.constrained(values)
+    except (ValueError, RuntimeError, KeyError, NotImplementedError):
+        return path.pack(path.initial)
+    return start if torch.isfinite(start).all() else path.pack(path.initial)
 
 
 class Path:

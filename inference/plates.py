@@ -28,6 +28,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 
+from inference.sites import sample_sites
 from inference.target import Data, SubsampleAt, Target, num_datapoints, subsampled, unwrapped
 
 
@@ -76,8 +77,6 @@ def vouch(trace, tgt: Target, ours: bool, where: str) -> None:
 
     :param ours: the data plate is subsampled by the library (its scaling is expected).
     """
-    from inference.replay import sample_sites
-
     for name, site in sample_sites(trace):
         expected = 1.0
         for frame in site["cond_indep_stack"]:
@@ -154,7 +153,6 @@ def check_sliced(tr, tgt: Target, count: int) -> None:
     """Refuse a model that uses its data whole (``data_access="whole"``) but, run on ``count``
     of its datapoints passed as slices (``tr``, a trace of it), still observes more rows: the
     data reach it from outside its arguments, so no subset of datapoints can be chosen."""
-    from inference.replay import sample_sites
 
     for name, site in sample_sites(tr):
         if not site["is_observed"]:

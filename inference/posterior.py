@@ -67,10 +67,9 @@ import torch
 
 from inference.annealing import chunks, schedule
 from inference.compiled_path import Graphs
-from inference.estimators import NotApplicable, Problem
-from inference.estimators.laplace import check_continuous, guide_start
+from inference.problem import NotApplicable, Problem
 from inference.hmc import adapt_step_size, transition
-from inference.path import Path, draw
+from inference.path import Path, check_continuous, draw, guide_start
 from inference.proposals import Densities
 from inference.replay import sample_sites
 from inference.sampling import check_proposal

@@ -28,7 +28,7 @@ from typing import Any, Dict
 import torch
 from torch.distributions import MultivariateNormal
 
-from inference.estimators import Problem
+from inference.problem import Problem
 from inference.path import Path
 
 

@@ -33,7 +33,7 @@ guide's log density is the sum over both, as in :class:`~pyro.infer.Trace_ELBO`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -42,29 +42,12 @@ from pyro.distributions.util import scale_and_mask
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
-from pyro.poutine.util import site_is_subsample
 
 from inference.plates import on_datapoints, vouch
+from inference.sites import in_plate, sample_sites
 from inference.target import Target, subsampled
 
 PARTICLES = "_particles"
-
-
-def sample_sites(trace, latent_only: bool = False) -> Iterable[Tuple[str, Dict[str, Any]]]:
-    """``(name, site)`` of a trace's sample sites, plates' subsample sites left out; with
-    ``latent_only``, the unobserved ones alone."""
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            if not (latent_only and site["is_observed"]):
-                yield name, site
-
-
-def in_plate(site: Dict[str, Any], plate: Optional[str]) -> Optional[int]:
-    """The dim of plate ``plate`` in ``site``'s plate stack, or ``None``."""
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate:
-            return frame.dim
-    return None
 
 
 def _site_log_density(site, *, local: bool, ndim: int, data_plate: Optional[str],

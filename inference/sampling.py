@@ -30,7 +30,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from inference import distributed as parallel
-from inference.estimators import NotApplicable, Problem
+from inference.problem import NotApplicable, Problem
 from inference.plates import first, on_datapoints
 from inference.replay import PARTICLES, _traced, in_plate, log_weights, sample_sites
 from inference.target import num_datapoints, subsampled

@@ -21,7 +21,7 @@ import pyro
 from inference import plates
 from inference.plates import first
 from inference.replay import in_plate, sample_sites
-from inference.target import Target, num_datapoints, unwrapped
+from inference.target import Target, unwrapped
 
 
 def latent_sites(tgt: Target, data, trace=None) -> Tuple[List[str], List[str]]:

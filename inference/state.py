@@ -1,5 +1,9 @@
 """Fitted state on disk: safe to load, and bound to the model, guide and data it was fitted on.
 
+The one place that reads and writes Pyro's param store as a whole: :func:`param_state` takes
+the fitted params and networks out of it, :func:`set_param_state` puts them back (a
+:class:`~inference.FitResult`'s own, :func:`load_fitted`; a file's, :func:`restore`).
+
 ``state.pt`` (:func:`inference.save_fit`) and ``checkpoint.pt`` (:func:`inference.fit`'s
 ``checkpoint``) hold only tensors and plain values, so they load with
 ``torch.load(..., weights_only=True)``: loading never runs code from the file [1]. What the
@@ -34,6 +38,8 @@ from typing import Any, Dict, List, Optional
 import pyro
 import torch
 from torch.distributions import constraints as tc
+
+from inference.target import Data, Target, num_datapoints, resolve_device, unwrapped
 
 FORMAT, VERSION = "ppzoo-state", 1
 #: the largest state file read (the zoo's are under 10 MB; torch.load reads it whole)
@@ -127,7 +133,7 @@ def identity(target: Any) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------- files
 def pack(state: Dict[str, Any], meta: Dict[str, Any], kind: str, **tensors: Any) -> Dict:
-    """The on-disk form of :func:`inference.target.param_state`'s ``state``: tensors and plain
+    """The on-disk form of :func:`param_state`'s ``state``: tensors and plain
     values only. ``tensors`` are further plain/tensor entries (a checkpoint's optimiser)."""
     meta = dict(meta, constraints={k: constraint_spec(c)
                                    for k, c in state["constraints"].items()})
@@ -237,8 +243,6 @@ def per_datapoint_params(target: Any, data: Any) -> List[str]:
     """Names of the Pyro params whose shape follows the number of datapoints (a guide's
     ``z_loc [N, L]``): those the guide and model create on two datapoints and on three differ
     (rows repeat where ``data`` has fewer; two, since one row has no spread to start from)."""
-    from inference.target import num_datapoints
-
     n = num_datapoints(data)
     if n < 1:
         return []
@@ -282,8 +286,6 @@ def restore(path: Any, target: Any, data: Any, device: Any, run: Dict[str, Any])
     """Read the checkpoint ``path``, check it belongs to this fit (``run``, from
     :func:`run_meta`) and load its params and networks; returns the rest of it (optimiser
     state, RNG states, loss rows) for the caller to restore."""
-    from inference.target import set_param_state
-
     saved = read(path, "checkpoint")
     check(saved, target, path, data=data, settings=run["settings"])
     check_params(saved, target, data, path)
@@ -292,8 +294,79 @@ def restore(path: Any, target: Any, data: Any, device: Any, run: Dict[str, Any])
 
 
 def unpack(saved: Dict[str, Any]) -> Dict[str, Any]:
-    """:func:`read`'s output as :func:`inference.target.param_state`'s ``state``."""
+    """:func:`read`'s output as :func:`param_state`'s ``state``."""
     specs = saved["meta"]["constraints"]
     return {"params": dict(saved["params"]),
             "constraints": {k: constraint_from(specs[k]) for k in saved["params"]},
             "networks": saved["networks"]}
+
+
+# ---------------------------------------------------------------- Pyro's param store
+def param_state(target: Target, data: Optional[Data] = None) -> Dict[str, Any]:
+    """Fitted state: Pyro params (not the networks' own) and the networks' state dicts; with
+    ``data``, also the data's fingerprint (:func:`fingerprint`)."""
+    store = pyro.get_param_store().get_state()
+    prefixes = tuple(f"{name}$$$" for name in target.networks)
+    keep = [k for k in store["params"] if not k.startswith(prefixes)]
+    return {
+        "params": {k: store["params"][k].detach().cpu() for k in keep},
+        "constraints": {k: store["constraints"][k] for k in keep},
+        "networks": {k: net.state_dict() for k, net in target.networks.items()},
+        "data": None if data is None else fingerprint(data),
+    }
+
+
+def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") -> None:
+    """Load :func:`param_state`'s output into a cleared param store and the networks."""
+    orphans = [k for k in state["params"] if "$$$" in k and k.split("$$$")[0] not in target.networks]
+    if orphans:
+        raise ValueError(
+            f"saved state holds network weights {orphans[:3]} but the target declares no such "
+            "network; pass networks={name: module} to inference.Target"
+        )
+    missing = set(state["networks"]) - set(target.networks)
+    if missing:
+        raise ValueError(f"saved state has networks {sorted(missing)} the target does not have")
+    pyro.clear_param_store()
+    dev = resolve_device(device)
+    pyro.get_param_store().set_state(
+        {
+            "params": {k: v.to(dev).requires_grad_() for k, v in state["params"].items()},
+            "constraints": dict(state["constraints"]),
+        }
+    )
+    for name, sd in state["networks"].items():
+        target.networks[name].load_state_dict(sd)
+        target.networks[name].to(dev)
+    _point_modules_at_store(target)
+
+
+def _point_modules_at_store(target: Target) -> None:
+    """Make a :class:`~pyro.nn.PyroModule` model or guide (an autoguide) use the params just
+    loaded into the store. Its plain ``nn.Parameter`` attributes (``AutoMultivariateNormal``'s
+    and ``AutoDiagonalNormal``'s ``loc``), once set up by an earlier trace, are read from the
+    module, never again from the store: without this they keep their initial values."""
+    from pyro.nn import PyroModule
+
+    store = pyro.get_param_store()
+    for fn in (target.model, target.guide):
+        module = unwrapped(fn)
+        if not isinstance(module, PyroModule):
+            continue
+        for name, param in module.named_parameters():
+            full = f"{module._pyro_name}.{name}" if module._pyro_name else name
+            if name.endswith("_unconstrained") or full not in store:
+                continue  # a PyroParam reads the store itself on every access
+            loaded = store._params[full]
+            if loaded is not param and loaded.shape == param.shape:
+                param.data = loaded.detach()
+                store._param_to_name.pop(loaded, None)
+                store._params[full] = param
+                store._param_to_name[param] = full
+
+
+def load_fitted(obj: Any, device: Any = "cpu") -> None:
+    """If ``obj`` is a :class:`~inference.FitResult`, load its own fitted state into a cleared
+    param store (an estimate of it is then right whatever was fitted since)."""
+    if isinstance(getattr(obj, "target", None), Target) and isinstance(getattr(obj, "state", None), dict):
+        set_param_state(obj.target, obj.state, device)

@@ -23,7 +23,6 @@ References
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -49,63 +48,20 @@ from inference.checkpoints import resume as _resume
 from inference.compiled import CompiledStep, why_not
 from inference.io import PathLike
 from inference.plates import ScaleToFull, check_sliceable, on_datapoints, resolve
+from inference.results import FitResult
+from inference.state import param_state
 from inference.target import (
     SubsampleAt,
     Target,
     as_data,
     as_target,
     num_datapoints,
-    param_state,
     resolve_device,
     subsampled,
     unwrapped,
 )
 
 LOSSES = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO, "meanfield": TraceMeanField_ELBO}
-
-
-@dataclasses.dataclass
-class FitResult:
-    """Outcome of :func:`fit`.
-
-    :ivar target: the :class:`~inference.target.Target` that was fitted.
-    :ivar losses: one row per step: ``step``, ``loss`` (negative ELBO estimate for the full
-        data), ``loss_per_datapoint``, and for ``loss="trace"``/``"meanfield"`` the ELBO's two
-        terms ``recon`` (E_q[log p(x | z)]) and ``kl`` (E_q[log q(z) - log p(z)]), with
-        ``recon - kl = -loss`` (see :mod:`inference.elbo_terms`); with a ``kl_weight`` other than
-        1 also ``objective``, the minimised ``kl_weight * kl - recon``.
-    :ivar state: fitted Pyro params and network weights (see :func:`save_fit`).
-    :ivar seconds: wall time of the optimisation.
-    :ivar heldout: with ``fit(heldout=...)``: one row per evaluation, ``step`` (steps done),
-        ``heldout_loss`` (negative ELBO of the held-out data) and its ``_per_datapoint``.
-    :ivar diagnostics: how the steps ran (:mod:`inference.compiled`): ``compiled_steps`` (taken
-        by the compiled step; the first step of a run is always eager), ``not_compiled`` (why
-        the other steps ran eagerly, e.g. ``"compile=False"``; ``None`` when all but the first
-        were compiled), ``compile_seconds`` (tracing and the check) and ``compile_check`` (the
-        largest relative difference of compiled and eager step at the check; 0: equal).
-    """
-
-    target: Target
-    losses: pd.DataFrame
-    state: Dict[str, Any]
-    seconds: float
-    heldout: Optional[pd.DataFrame] = None
-    diagnostics: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def save(self, folder: PathLike) -> Path:
-        return save_fit(self, folder)
-
-    def __repr__(self) -> str:
-        tail = self.losses["loss_per_datapoint"].tail(50)
-        final = f"{tail.mean():.4g}" if len(tail) else "n/a"
-        size = sum(t.numel() for t in self.state.get("params", {}).values())
-        size += sum(t.numel() for sd in self.state.get("networks", {}).values()
-                    for t in sd.values())
-        why = self.diagnostics.get("not_compiled")
-        how = "compiled" if why is None else f"eager: {why}"
-        return (f"FitResult({self.target.name!r}, steps={len(self.losses)}, "
-                f"final -ELBO per datapoint={final} (mean of the last {len(tail)}), "
-                f"{size} fitted numbers, seconds={self.seconds:.3g}, {how})")
 
 
 class FusedAdam:
@@ -401,12 +357,10 @@ def fit(
         raise FloatingPointError(
             f"the loss became NaN or infinite while fitting {tgt.name}; lower lr or check the data"
         )
-    result = FitResult(tgt, losses, param_state(tgt, data), seconds, diagnostics=dict(
+    table = None if heldout is None else pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
+    return FitResult(tgt, losses, param_state(tgt, data), seconds, heldout=table, diagnostics=dict(
         compiler.diagnostics if compiler is not None else {"compiled_steps": 0},
         not_compiled=why))
-    if heldout is not None:
-        result.heldout = pd.DataFrame(held, columns=list(HELDOUT_COLUMNS))
-    return result
 
 
 def _check_settings(*, steps, num_particles, batch_size, checkpoint_every, seed, lr,

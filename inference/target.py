@@ -198,13 +198,6 @@ def _protocol_fields(obj: Any) -> Dict[str, Any]:
     return fields
 
 
-def load_fitted(obj: Any, device: Any = "cpu") -> None:
-    """If ``obj`` is a :class:`~inference.FitResult`, load its own fitted state into a cleared
-    param store (an estimate of it is then right whatever was fitted since)."""
-    if isinstance(getattr(obj, "target", None), Target) and isinstance(getattr(obj, "state", None), dict):
-        set_param_state(obj.target, obj.state, device)
-
-
 def resolve_device(device: Any) -> torch.device:
     """``torch.device(device)``, with a clear error when CUDA is asked for but absent."""
     dev = torch.device(device)
@@ -273,69 +266,3 @@ def subsampled(fn: Callable[..., Any], handler: SubsampleAt) -> Callable[..., An
             return fn(*args, **kwargs)
 
     return wrapped
-
-
-def param_state(target: Target, data: Optional[Data] = None) -> Dict[str, Any]:
-    """Fitted state: Pyro params (not the networks' own) and the networks' state dicts; with
-    ``data``, also the data's fingerprint (:func:`inference.state.fingerprint`)."""
-    from inference.state import fingerprint
-
-    store = pyro.get_param_store().get_state()
-    prefixes = tuple(f"{name}$$$" for name in target.networks)
-    keep = [k for k in store["params"] if not k.startswith(prefixes)]
-    return {
-        "params": {k: store["params"][k].detach().cpu() for k in keep},
-        "constraints": {k: store["constraints"][k] for k in keep},
-        "networks": {k: net.state_dict() for k, net in target.networks.items()},
-        "data": None if data is None else fingerprint(data),
-    }
-
-
-def set_param_state(target: Target, state: Dict[str, Any], device: Any = "cpu") -> None:
-    """Load :func:`param_state`'s output into a cleared param store and the networks."""
-    orphans = [k for k in state["params"] if "$$$" in k and k.split("$$$")[0] not in target.networks]
-    if orphans:
-        raise ValueError(
-            f"saved state holds network weights {orphans[:3]} but the target declares no such "
-            "network; pass networks={name: module} to inference.Target"
-        )
-    missing = set(state["networks"]) - set(target.networks)
-    if missing:
-        raise ValueError(f"saved state has networks {sorted(missing)} the target does not have")
-    pyro.clear_param_store()
-    dev = resolve_device(device)
-    pyro.get_param_store().set_state(
-        {
-            "params": {k: v.to(dev).requires_grad_() for k, v in state["params"].items()},
-            "constraints": dict(state["constraints"]),
-        }
-    )
-    for name, sd in state["networks"].items():
-        target.networks[name].load_state_dict(sd)
-        target.networks[name].to(dev)
-    _point_modules_at_store(target)
-
-
-def _point_modules_at_store(target: Target) -> None:
-    """Make a :class:`~pyro.nn.PyroModule` model or guide (an autoguide) use the params just
-    loaded into the store. Its plain ``nn.Parameter`` attributes (``AutoMultivariateNormal``'s
-    and ``AutoDiagonalNormal``'s ``loc``), once set up by an earlier trace, are read from the
-    module, never again from the store: without this they keep their initial values."""
-    from pyro.nn import PyroModule
-
-    store = pyro.get_param_store()
-    for fn in (target.model, target.guide):
-        module = unwrapped(fn)
-        if not isinstance(module, PyroModule):
-            continue
-        for name, param in module.named_parameters():
-            full = f"{module._pyro_name}.{name}" if module._pyro_name else name
-            if name.endswith("_unconstrained") or full not in store:
-                continue  # a PyroParam reads the store itself on every access
-            loaded = store._params[full]
-            if loaded is not param and loaded.shape == param.shape:
-                param.data = loaded.detach()
-                store._param_to_name.pop(loaded, None)
-                store._params[full] = param
-                store._param_to_name[param] = full
-

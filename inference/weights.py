@@ -32,6 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from inference.distributed import derived_seed
 from inference.psis import khat_from_top, tail_length  # noqa: F401 (tail_length: re-exported)
 
 
@@ -296,8 +297,6 @@ def stream(weights, K: int, N: Optional[int], budget: int, device: torch.device,
     out = []
     blocks = [None] if N is None else list(indices.split(bc))
     if dealt is not None:
-        from inference.distributed import derived_seed
-
         blocks = blocks[dealt[0].rank :: dealt[0].size]
     # The pilot ran with Pyro's argument validation; the chunks repeat it on the same shapes,
     # so they skip it (it re-checks every observed value's support: ~30% of the time).

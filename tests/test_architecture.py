@@ -21,7 +21,7 @@ from pyro.distributions import constraints
 
 import inference
 import zoo
-from inference.estimators import Estimator, register as register_estimator, unregister
+from inference.estimators import ChecksFailed, Estimator, register as register_estimator, unregister
 from inference.sampling import sampled
 from zoo import conformance
 from zoo.app.cli import main
@@ -69,6 +69,104 @@ def test_inference_runs_without_zoo_loaded():
     assert out.returncode == 0, out.stderr
     # x_n ~ N(0, 2) marginally: 3 log N(0 | 0, 2)
     assert float(out.stdout) == pytest.approx(3 * -0.5 * math.log(2 * math.pi * 2), abs=1e-4)
+
+
+def _engine_imports():
+    """``{module: {module it imports}}`` inside ``inference/``, every import statement counted
+    (module level, inside functions, under ``TYPE_CHECKING``). ``from P import x`` names the
+    submodule ``P.x`` where there is one, else ``P`` itself; importing ``P.Q.m`` from outside
+    package ``P.Q`` also runs ``P/Q/__init__.py``, so it counts as importing ``P.Q`` too (from
+    inside, that ``__init__`` is already running)."""
+    modules = {}
+    for f in (ROOT / "inference").rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (f, is_package)
+
+    def owner(name):  # the module a dotted name lives in
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for mod, (f, is_package) in modules.items():
+        here = mod.split(".") if is_package else mod.split(".")[:-1]
+        names = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names if a.name.split(".")[0] == "inference"}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] == "inference":
+                    names |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                              for a in node.names}
+        edges = set()
+        for name in names:
+            target = owner(name)
+            edges.add(target)
+            package = target.rpartition(".")[0]
+            while package and not (mod + ".").startswith(package + "."):
+                edges.add(package)
+                package = package.rpartition(".")[0]
+        graph[mod] = edges - {mod}
+    return graph
+
+
+def _cycles(graph):
+    """The strongly connected components of ``graph`` with more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while v not in component:
+                component.add(stack.pop())
+            on.difference_update(component)
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_engine_has_no_import_cycles():
+    graph = _engine_imports()
+    assert {"inference.problem", "inference.results", "inference.estimators.ais"} <= set(graph)
+    assert "inference.estimators" in graph["inference.estimate"]  # the scan sees imports
+    cycles = _cycles(graph)
+    assert not cycles, ("modules inside inference/ import each other (base types belong in "
+                        f"leaf modules): {cycles}")
+
+
+def test_no_engine_module_imports_the_package_root():
+    """``inference/__init__.py`` is the public facade; its names come from the modules below it,
+    never the other way round (``from inference import FitResult`` inside the engine)."""
+    bad = sorted(m for m, edges in _engine_imports().items() if "inference" in edges)
+    assert not bad, f"import from the defining module, not the package root: {bad}"
+
+
+def test_the_base_types_keep_their_public_import_paths():
+    from inference import FitResult
+    from inference.estimate import Estimate
+    from inference.estimators import Estimator as E, NotApplicable, Problem, register as r
+    from inference import problem, results
+
+    assert (E, NotApplicable, Problem, r) == (problem.Estimator, problem.NotApplicable,
+                                              problem.Problem, problem.register)
+    assert (FitResult, Estimate) == (results.FitResult, results.Estimate)
 
 
 # ------------------------------------------------------------------ a throw-away model
@@ -158,6 +256,31 @@ def test_a_model_in_one_file_runs_in_ppzoo(throwaway, tmp_path):
     (x,) = throwaway.load_data()
     truth = float(dist.Normal(0.0, 1.25**0.5).log_prob(x.double()).sum())
     assert df.loc[df["method"] == "exact", "estimate"].item() == pytest.approx(truth, abs=1e-3)
+
+
+def test_a_reference_failing_its_own_checks_is_an_error_not_a_skip(throwaway, tmp_path):
+    """compare skips a method only where it raises NotApplicable: a quadrature reference on a
+    grid too coarse for its own check (4 points against 2) raises, in the engine and in
+    ``ppzoo compare`` (one line naming the fix, not "skipped", not an internal error)."""
+    data = throwaway.load_data()
+    inference.fit(throwaway, data, steps=50, lr=0.05, progress=False)
+    with pytest.raises(ChecksFailed, match="failed its own checks.*raise quadrature_points"):
+        inference.compare(throwaway, data, methods=["exact", "is-guide"], num_samples=[10],
+                          seeds=[0], quadrature_points=4)
+    df = inference.compare(throwaway, data, methods=["exact", "is-guide"], num_samples=[10],
+                           seeds=[0], scope="global")  # no closed form in global scope: skipped
+    assert "exact" in df.attrs["skipped"] and set(df["method"]) == {"is-guide"}
+
+    zoo.unregister(ThrowAway.name)
+    zoo.register(type("ThrowAwayCoarse", (ThrowAway,), {"job": zoo.Job(
+        steps=50, lr=0.05, scope="local", methods=("exact", "is-guide"),
+        estimate_options={"quadrature_points": 4}, quick=dict(num_samples=(10,), seeds=1))}))
+    out = tmp_path / "run"
+    rc, _, stderr = run_main(["compare", "throwaway", "--quick", "--no-progress", "--out", out])
+    assert rc == 1 and stderr.startswith("ppzoo: error: the quadrature reference for throwaway "
+                                         "failed its own checks"), stderr
+    written = out / "throwaway" / "skipped.json"
+    assert not written.exists() or "exact" not in json.loads(written.read_text())
 
 
 # -------------------------------------------------------------- a throw-away estimator

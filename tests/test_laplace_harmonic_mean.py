@@ -13,7 +13,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 import inference
 from inference import pack

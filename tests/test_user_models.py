@@ -20,7 +20,7 @@ from pyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
 )
-from scipy import integrate, special, stats
+from scipy import special, stats
 
 import inference
 from pyro.ops.indexing import Vindex

@@ -44,7 +44,7 @@ import torch
 from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_options, check_target,
                                  chunks, fields, schedule)
 from inference.compiled_path import Graphs
-from inference.estimators import Estimator, Problem, register
+from inference.problem import Estimator, Problem, register
 from inference.weights import WeightStats
 
 

@@ -40,7 +40,7 @@ import torch
 from inference.annealing import (CHECKS, OPTIONS, Path, anneal, check_target, check_options,
                                  chunks, fields, schedule)
 from inference.compiled_path import Graphs
-from inference.estimators import Estimator, NotApplicable, Problem, register
+from inference.problem import Estimator, NotApplicable, Problem, register
 from inference.estimators.ais import acceptance, annealing_cost, jit_diagnostics
 from inference.weights import WeightStats
 

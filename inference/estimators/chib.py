@@ -62,7 +62,7 @@ from typing import Any, Dict
 
 import torch
 
-from inference.estimators import Estimator, Problem, register
+from inference.problem import Estimator, Problem, register
 from inference.posterior import MIN_SAMPLES, OPTIONS, chain_cost, check, from_draws
 from inference.proposals import (Densities, Gaussian, Guide, proposal_densities,
                                  relabellings)

@@ -43,7 +43,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 
-from inference.estimators import Estimator, NotApplicable, Problem, integer, register
+from inference.problem import ChecksFailed, Estimator, NotApplicable, Problem, integer, register
 from inference.replay import in_plate, log_weights, sample_sites
 from inference.plates import trace_on
 from inference.scope import first
@@ -157,7 +157,7 @@ def _check_quadrature(tgt, per: torch.Tensor, diag: Dict[str, float]) -> None:
     if (torch.isfinite(per).all() and all(map(math.isfinite, checks))
             and max(checks[:2]) <= CHECK_TOL):
         return
-    raise ValueError(
+    raise ChecksFailed(
         f"the quadrature reference for {tgt.name} failed its own checks (halving the grid changes "
         f"a datapoint by {checks[0]:.3g} nats, halving the far field by {checks[1]:.3g}, "
         f"outer-ring mass {checks[2]:.3g}, {int((~torch.isfinite(per)).sum())} non-finite "
@@ -243,7 +243,7 @@ def _quadrature(tgt, data, mpn, fixed, budget, site, points) -> Tuple[torch.Tens
     prior = _site_moments(tgt.model, tgt, data, fixed, name, dim, scalar)
     start = guide or prior
     if start is None:
-        raise ValueError(f"quadrature over {name!r} needs the guide's or the prior's mean and sd "
+        raise NotApplicable(f"quadrature over {name!r} needs the guide's or the prior's mean and sd "
                          "of it, and neither distribution has them; use method='is-guide'")
     box, passes = (start[0].clone(), INFLATE * start[1]), 0  # the guide's mean, INFLATE sds a unit
     todo = everyone  # each pass sweeps only the grids the last one moved

@@ -43,10 +43,9 @@ import pyro
 import torch
 
 from inference.annealing import chunks
-from inference.estimators import Estimator, Problem, register
-from inference.estimators.laplace import check_continuous, guide_start
+from inference.problem import Estimator, Problem, register
 from inference.hmc import adapt_step_size, transition
-from inference.path import Path
+from inference.path import Path, check_continuous, guide_start
 from inference.weights import WeightStats, pareto_khat
 
 CAVEAT = ("the harmonic mean estimator has infinite variance whenever the prior is wider than "

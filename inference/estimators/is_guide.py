@@ -28,7 +28,7 @@ from typing import Any, Dict
 
 import torch
 
-from inference.estimators import Estimator, Problem, register
+from inference.problem import Estimator, Problem, register
 from inference.replay import guide_log_density, sample_sites
 from inference.sampling import sampled
 

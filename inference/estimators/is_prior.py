@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from inference.estimators import Estimator, Problem, register
+from inference.problem import Estimator, Problem, register
 from inference.sampling import sampled
 
 

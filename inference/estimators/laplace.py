@@ -39,18 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.infer.autoguide import AutoGuide
 
 from inference.annealing import chunks
-from inference.estimators import Estimator, NotApplicable, Problem, register
-from inference.path import Path, draw, latents
-from inference.replay import NotEnumerable
-from inference.target import unwrapped
+from inference.problem import Estimator, NotApplicable, Problem, register
+from inference.path import Path, check_continuous, guide_start
 
 CAVEAT = ("the Laplace approximation is asymptotic (its error shrinks as O(1/n) with the data), "
           "not a Monte Carlo estimate: its stderr of 0 bounds nothing")
@@ -94,45 +90,6 @@ class Laplace(Estimator):
             fields.update(per_datapoint=value, stderr_per_datapoint=torch.zeros_like(value),
                           ess_per_datapoint=nan, khat_per_datapoint=nan)
         return fields
-
-
-def check_continuous(problem: Problem, method: str, what: str) -> None:
-    """Refuse a discrete latent the model does not sum out by enumeration (one line)."""
-    idx = torch.arange(min(2, len(problem.data[0])), device=problem.data[0].device) \
-        if problem.local else None
-    try:
-        _, model_tr, _ = draw(problem, 1, "prior", idx)
-    except NotEnumerable as err:
-        raise NotApplicable(f"site {err.site!r} depends on a discrete latent enumerated outside "
-                            f"the data plate: {method} needs continuous latents; use 'is-guide'"
-                            ) from None
-    for name, site in latents(problem, model_tr):
-        if site["fn"].support.is_discrete:
-            raise NotApplicable(
-                f"latent site {name!r} is discrete: {what} needs continuous latents; mark it for "
-                "enumeration inside the data plate (pyro.infer.config_enumerate) or use 'is-guide'")
-
-
-def guide_start(problem: Problem, path: Path, idx: Optional[torch.Tensor],
-                point: bool = True) -> torch.Tensor:
-    """Where to start, ``[C, B, D]`` in the path's coordinates: with ``point``, an autoguide's
-    median (global scope); else one draw of the guide per chain; else (a guide that cannot
-    propose every latent) the path's own draw from the prior."""
-    tgt = problem.target
-    guide = unwrapped(tgt.guide)
-    try:
-        if point and isinstance(guide, AutoGuide) and not problem.local:
-            with poutine.block(), torch.no_grad():
-                median = guide.median(*problem.data, **dict(tgt.kwargs))
-            values = {n: torch.broadcast_to(median[n].detach(), path.initial_values[n].shape)
-                      for n, *_ in path.sites}
-        else:
-            _, model_tr, _ = draw(problem, path.count, "guide", idx)
-            values = {n: model_tr.nodes[n]["value"].detach() for n, *_ in path.sites}
-        start = path.constrained(values)
-    except (ValueError, RuntimeError, KeyError, NotImplementedError):
-        return path.pack(path.initial)
-    return start if torch.isfinite(start).all() else path.pack(path.initial)
 
 
 def hessian(path: Path, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

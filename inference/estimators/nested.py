@@ -78,7 +78,7 @@ import pyro
 import torch
 
 from inference.annealing import check_target, plan
-from inference.estimators import Estimator, NotApplicable, Problem, number, register
+from inference.problem import Estimator, NotApplicable, Problem, number, register
 from inference.path import Path
 
 #: the insertion-rank test's level: a smaller p-value puts a caveat on the estimate

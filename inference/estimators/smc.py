@@ -59,7 +59,7 @@ import torch
 
 from inference.annealing import CHECKS, OPTIONS, Path, check_target, check_options, plan
 from inference.compiled_path import Graphs, frozen
-from inference.estimators import Estimator, NotApplicable, Problem, integer, number, register
+from inference.problem import Estimator, NotApplicable, Problem, integer, number, register
 from inference.estimators.ais import jit_diagnostics
 from inference.hmc import transition
 from inference.sampling import check_finite

@@ -69,7 +69,7 @@ from inference.annealing import (CHECKS, OPTIONS, Path, check_options, check_tar
                                  schedule)
 from inference.compiled_path import Graphs, frozen
 from inference.estimators.ais import jit_diagnostics
-from inference.estimators import Estimator, NotApplicable, Problem, integer, one_of, register
+from inference.problem import Estimator, NotApplicable, Problem, integer, one_of, register
 from inference.estimators.nested import ensemble_cholesky
 from inference.hmc import adapt_step_size, transition
 from inference.weights import MIN_ESS, WeightStats, pareto_khat

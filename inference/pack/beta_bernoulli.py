@@ -28,7 +28,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from inference.pack import WIDEN, Benchmark, Simulated, register
+from inference.pack.benchmark import WIDEN, Benchmark, Simulated, register
 
 HEADS, TAILS = 50, 50
 

@@ -31,7 +31,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from inference.pack import WIDEN, Benchmark, Simulated, register
+from inference.pack.benchmark import WIDEN, Benchmark, Simulated, register
 
 SIGMA = 0.5
 

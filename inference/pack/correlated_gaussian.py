@@ -33,7 +33,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 HALF_WIDTH = 10.0
 RHO = 0.95

@@ -23,7 +23,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoDiagonalNormal
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 D, N, SEED = 32, 10, 32
 

@@ -32,7 +32,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 HALF_WIDTH = 6.0
 SHELLS = ((-3.5, 0.0, 2.0, 0.1), (3.5, 0.0, 2.0, 0.1))

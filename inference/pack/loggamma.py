@@ -46,7 +46,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import SigmoidTransform
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 SCALE = 1.0 / 30
 
@@ -72,7 +72,6 @@ def mixture_guide(table: torch.Tensor) -> None:
     """A hand-written guide: an equally weighted mixture of diagonal Gaussians in logit space,
     one component per combination of the bumps (the posterior's weights are equal too), pushed
     through the sigmoid onto the cube. (Fitted weights would drift apart: the ELBO seeks modes.)"""
-    d = len(table)
     choices = [sorted(set(row[:2].tolist())) for row in table]
     centres = table.new_tensor(list(itertools.product(*choices)))  # [C, d]
     init = torch.logit(centres)

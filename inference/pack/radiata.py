@@ -43,7 +43,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal, init_to_median
 
-from inference.pack import Benchmark, register
+from inference.pack.benchmark import Benchmark, register
 
 PRIOR_MEAN = (3000.0, 185.0)
 PRIOR_SD = (1000.0, 100.0)

@@ -45,7 +45,7 @@ from inference.io import write_text
 from inference.sbc import ModelSBC, bayes_factor_sbc
 from zoo.app import summary
 from zoo.app.bench import ZooTarget, check_selection, fit_target, reason
-from zoo.app.jobs import (Rows, UsageError, check_device, check_methods, prepare_run,
+from zoo.app.jobs import (Rows, UsageError, check_device, prepare_run,
                           save_figure)
 
 CAL_FILE, RESULTS_FILE, SBC_FILE, SKIPPED_FILE, TABLE_FILE = (

@@ -653,6 +653,7 @@ def _main(args: argparse.Namespace, starting: Any) -> int:
     try:
         import torch
 
+        from inference.problem import ChecksFailed
         from inference.state import StateError
         from zoo.app.jobs import Agreed, UsageError, locks_held, release_locks
 
@@ -667,6 +668,9 @@ def _main(args: argparse.Namespace, starting: Any) -> int:
         except (UsageError, StateError) as e:
             _refuse(str(e), heard=isinstance(e, Agreed))
             return EXIT_USAGE
+        except ChecksFailed as e:  # e.g. a reference failing its own checks: no number, the fix
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
         finally:
             release_locks(held)
             torch.set_num_threads(threads)
