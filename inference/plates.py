@@ -153,7 +153,6 @@ def check_sliced(tr, tgt: Target, count: int) -> None:
     """Refuse a model that uses its data whole (``data_access="whole"``) but, run on ``count``
     of its datapoints passed as slices (``tr``, a trace of it), still observes more rows: the
     data reach it from outside its arguments, so no subset of datapoints can be chosen."""
-
     for name, site in sample_sites(tr):
         if not site["is_observed"]:
             continue
