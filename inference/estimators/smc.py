@@ -24,8 +24,9 @@ local latents in global scope (K = 300) ``log Z`` was 0.6 nats low, 11 stderr (i
 ``runs`` independent runs (vectorized together) give the estimate ``log mean_r Z_hat_r`` and
 its standard error by the delta method across runs -- a standard deviation of a few runs'
 skewed ``Z_hat_r``: with the default 4 runs the engine's ESS rule never vouches for it
-(normal-mean, K = 30: |z| < 2 in 82 of 100 seeds), with 10 it may under-cover, with 20 it
-covered (``ppzoo calibrate``, benchmarks/RESULTS.md); map_l2 (below) spreads by 0.5 nats in
+(normal-mean, K = 30: |z| < 2 in 82 of 100 seeds), with 10 it under-covered (86 of 100 within
+2 stderr) and with 20 it covered (287 of 300; ``ppzoo calibrate``, benchmarks/RESULTS.md), so
+below ``MIN_RUNS`` runs a caveat says the stderr is not vouched for; map_l2 (below) spreads by 0.5 nats in
 ``log Z``, and 8 runs were 4 stderr off where 32 were within one. ``diagnostics`` holds every
 run's estimate, the pilot's temperatures, the resamplings, the HMC acceptance and the summed
 bias of ``log mean`` (:func:`~inference.weights.log_mean_bias`). Cost:
@@ -52,7 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
 import torch
@@ -66,6 +67,8 @@ from inference.sampling import check_finite
 from inference.weights import WeightStats, bias_caveats, log_mean_bias
 
 MAX_STAGES = 2000
+#: fewer independent runs than this give a stderr that under-covers (``ppzoo calibrate``)
+MIN_RUNS = 20
 
 
 @register
@@ -113,7 +116,8 @@ class SMC(Estimator):
         stderr = float(st.is_stderr())
         bias = log_mean_bias(st.is_stderr())
         return dict(num_samples=K, log_evidence=float(st.log_mean()), stderr=stderr,
-                    ess=float(st.ess()), khat=math.nan, caveats=bias_caveats(bias, stderr),
+                    ess=float(st.ess()), khat=math.nan,
+                    caveats=bias_caveats(bias, stderr) + runs_caveats(R),
                     diagnostics=dict(runs=log_z.tolist(), stages=[len(pilot.betas)] * R,
                                      temperatures=pilot.betas,
                                      resamplings=torch.cat(resampled).tolist(),
@@ -128,6 +132,14 @@ class Schedule:
 
     betas: List[float] = dataclasses.field(default_factory=list)
     steps: List[List[float]] = dataclasses.field(default_factory=list)
+
+
+def runs_caveats(runs: int) -> Tuple[str, ...]:
+    """Why a stderr from ``runs`` independent runs is not vouched for: too few to cover."""
+    if runs >= MIN_RUNS:
+        return ()
+    return (f"{runs} runs: a stderr from fewer than {MIN_RUNS} runs under-covers (calibrated: "
+            f"86% within 2 stderr at 10 runs); use runs={MIN_RUNS} or more",)
 
 
 def _smc(problem: Problem, R: int, o: Dict[str, Any], graphs=None,
